@@ -1,0 +1,278 @@
+"""Find, decode and write images. PIL's (width, height) stays inside this module.
+
+Decoding is EXIF-aware and turns every mode Pillow reads (grey, 16-bit, palette, LA/RGBA,
+CMYK, animated) into 8-bit RGB or grey. Writes are atomic: a temporary file in the target
+folder, then a rename, so a reader never sees half a PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import BadInputError
+from .metadata import ModelInfo
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+OUTPUT_SUFFIXES = (".mask.png", ".color.png", ".overlay.png")  # never picked up as inputs
+DEFAULT_MAX_PIXELS = 120_000_000
+EXPECTED = "expected PNG, JPEG, BMP, WebP, TIFF or GIF"
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input image: its path and its path relative to the input root (mirrored under --out)."""
+
+    path: Path
+    rel: Path
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded image and what the decoder had to say about it."""
+
+    image_u8: np.ndarray  # (height, width, channels) uint8
+    note: str = ""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.image_u8.shape[0]), int(self.image_u8.shape[1]))
+
+
+# -- finding inputs ----------------------------------------------------------------------
+
+
+def is_image_name(path: Path) -> bool:
+    name = path.name.lower()
+    return path.suffix.lower() in IMAGE_SUFFIXES and not name.endswith(OUTPUT_SUFFIXES)
+
+
+def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterator[Source]:
+    """Yield the images named by files, folders or glob patterns, lazily, in sorted order.
+
+    A file given by name is yielded whatever its suffix (so a bad one gets a clear error);
+    folders yield only files with image suffixes. Symlinked folders are followed once with
+    --recursive; loops are skipped. Nothing found for an argument is an error naming it.
+    """
+    for arg in inputs:
+        text = str(arg)
+        path = Path(text)
+        if path.is_dir():
+            yield from _walk(path, recursive)
+        elif path.exists() or path.is_symlink():
+            yield Source(path, Path(path.name))
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=recursive))
+            if not matches:
+                raise BadInputError(f"{text}: the pattern matches no file; check the quotes and path")
+            for match in matches:
+                m = Path(match)
+                if m.is_dir():
+                    yield from _walk(m, recursive)
+                else:
+                    yield Source(m, Path(m.name))
+        else:
+            raise BadInputError(f"{text}: no such file or folder")
+
+
+def _walk(root: Path, recursive: bool) -> Iterator[Source]:
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: Path) -> Iterator[Source]:
+        try:
+            st = folder.stat()
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # a symlink loop or a folder linked twice
+            return
+        seen.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise BadInputError(f"{folder}: cannot list the folder ({exc.strerror})") from None
+        subfolders = []
+        for entry in entries:
+            p = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; False for broken ones
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    subfolders.append(p)
+            elif is_image_name(p):
+                yield Source(p, p.relative_to(root))
+        for sub in subfolders:
+            yield from visit(sub)
+
+    yield from visit(root)
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+
+def load_image(
+    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Decoded:
+    """Decode an image file to uint8 (height, width, channels), EXIF orientation applied."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return decode_image(fh, channels, max_pixels, name=str(path))
+    except BadInputError:
+        raise
+    except FileNotFoundError:
+        reason = "broken symlink" if path.is_symlink() else "file not found"
+        raise BadInputError(f"{path}: {reason}; check the path") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a folder, not an image; pass --recursive") from None
+    except PermissionError:
+        raise BadInputError(f"{path}: permission denied; make the file readable") from None
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+
+
+def decode_image(
+    fh: IO[bytes], channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>"
+) -> Decoded:
+    """Decode an open binary file. Any failure is a BadInputError naming `name`."""
+    head = fh.read(1)
+    if not head:
+        raise BadInputError(f"{name}: empty file (0 bytes); {EXPECTED}")
+    fh.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with our own message
+            img = Image.open(fh)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadInputError(
+                    f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"limit of {max_pixels / 1e6:.0f} (a guard against decompression bombs); "
+                    "raise it with --max-pixels if the image is genuine"
+                )
+            note = ""
+            if getattr(img, "n_frames", 1) > 1:
+                note = f"animated ({img.n_frames} frames): used the first frame"
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            array = _to_u8(img, channels)
+    except BadInputError:
+        raise
+    except UnidentifiedImageError:
+        raise BadInputError(f"{name}: not an image Pillow can read; {EXPECTED}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        raise BadInputError(f"{name}: not a readable image ({_reason(exc)}); {EXPECTED}") from None
+    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
+        raise BadInputError(f"{name}: {exc}; raise the limit with --max-pixels") from None
+    return Decoded(array, note)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return "truncated file"
+    return text[:80] or type(exc).__name__
+
+
+def _to_u8(img: Image.Image, channels: int) -> np.ndarray:
+    """Any Pillow mode -> uint8 array of 1 or 3 channels. Alpha is composited on black."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(img, dtype=np.int64)
+        peak = 65535 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 255
+        grey = np.clip(wide * 255 // peak, 0, 255).astype(np.uint8)
+        img = Image.fromarray(grey, mode="L")
+    elif mode == "F":
+        data = np.asarray(img, dtype=np.float32)
+        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+        scaled = (data - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(data)
+        img = Image.fromarray(np.nan_to_num(scaled).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
+    array = np.asarray(img, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array
+
+
+# -- model input -------------------------------------------------------------------------
+
+
+def resize_u8(image_u8: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize a (height, width[, channels]) uint8 array to size (height, width)."""
+    height, width = size
+    if image_u8.shape[:2] == (height, width):
+        return image_u8
+    squeeze = image_u8.ndim == 3 and image_u8.shape[2] == 1
+    img = Image.fromarray(image_u8[:, :, 0] if squeeze else image_u8)
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    out = np.asarray(img.resize((width, height), resample))
+    return out[:, :, None] if squeeze else out
+
+
+def preprocess(image_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """uint8 (h, w, c) image -> float32 (H, W, C) model input at info.image_size, NHWC order.
+
+    The one preprocessing used by inference, calibration and evaluation alike.
+    """
+    resized = resize_u8(image_u8, info.image_size)
+    return resized.astype(np.float32) * np.float32(info.pixel_scale) + np.float32(info.pixel_offset)
+
+
+def to_pixels(values: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """Invert preprocess's scaling: model values -> uint8 pixels."""
+    pixels = (values.astype(np.float32) - info.pixel_offset) / info.pixel_scale
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file whole or not at all: temporary file beside it, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_image(path: str | Path, image: Image.Image | np.ndarray, fmt: str = "PNG") -> None:
+    """Atomically save a Pillow image or a uint8 array (grey or RGB)."""
+    if isinstance(image, np.ndarray):
+        array = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
+        image = Image.fromarray(array)
+    img = image
+    options = {"compress_level": 1} if fmt == "PNG" else {}  # fast; masks compress well anyway
+    atomic_write(path, lambda fh: img.save(fh, format=fmt, **options))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
