@@ -122,9 +122,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Source]:
 # -- decoding ----------------------------------------------------------------------------
 
 
-def load_image(
-    path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Decoded:
+def load_image(path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode an image file to uint8 (height, width, channels), EXIF orientation applied."""
     path = Path(path)
     try:

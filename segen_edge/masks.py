@@ -30,9 +30,27 @@ ENCODINGS = ("auto", "index", "binary", "trimap", "palette")
 IGNORE_INDEX = 255
 TRIMAP_CLASSES = ("pet", "background", "border")
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 # (image folder, mask folder) names, tried in this order under the data folder (and under
@@ -201,9 +219,7 @@ def detect_encoding(mask_paths: Sequence[str | Path]) -> str:
 def load_mask(path: str | Path, encoding: str = "auto") -> np.ndarray:
     """Decode a mask file to uint8 (height, width) class ids; IGNORE_INDEX = ignore."""
     if encoding not in ENCODINGS:
-        raise BadInputError(
-            f"mask encoding {encoding!r} is unknown; expected one of {', '.join(ENCODINGS)}"
-        )
+        raise BadInputError(f"mask encoding {encoding!r} is unknown; expected one of {', '.join(ENCODINGS)}")
     img = _open_mask(path)
     values = _mask_values(img, path)
     if encoding == "auto":
@@ -265,9 +281,18 @@ def _voc_colour(index: int) -> tuple[int, int, int]:
 
 # High-contrast first colours (readable over photos), then evenly spread hues.
 _DISTINCT = (
-    (255, 176, 0), (40, 48, 110), (255, 255, 255), (230, 25, 75), (60, 180, 75),
-    (0, 130, 200), (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60),
-    (0, 128, 128), (170, 110, 40),
+    (255, 176, 0),
+    (40, 48, 110),
+    (255, 255, 255),
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (0, 128, 128),
+    (170, 110, 40),
 )
 
 

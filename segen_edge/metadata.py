@@ -70,9 +70,7 @@ class ModelInfo:
             if len(self.class_names) < 2:
                 raise bad("class_names", list(self.class_names), "at least two class names")
             if len(self.palette) != len(self.class_names):
-                raise bad(
-                    "palette", len(self.palette), f"{len(self.class_names)} colours, one per class"
-                )
+                raise bad("palette", len(self.palette), f"{len(self.class_names)} colours, one per class")
             for colour in self.palette:
                 if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
                     raise bad("palette", list(colour), "[r, g, b] colours of 0..255")
@@ -112,7 +110,8 @@ class ModelInfo:
         """Build from plain values (e.g. a training run's model_info.json)."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         required = [
-            n for n, f in known.items()
+            n
+            for n, f in known.items()
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ]
         missing = [n for n in required if n not in data]
@@ -142,7 +141,7 @@ class ModelInfo:
             if not key.startswith(PREFIX):
                 continue
             try:
-                data[key[len(PREFIX):]] = json.loads(raw)
+                data[key[len(PREFIX) :]] = json.loads(raw)
             except (json.JSONDecodeError, TypeError):
                 raise MetadataError(
                     f"{source}: metadata key '{key}' is not valid JSON: {str(raw)[:60]!r}"
@@ -201,14 +200,6 @@ def _coerce(name: str, value: Any) -> Any:
             raise fail("a JSON object")
         return value
     return value
-
-
-def read_onnx_metadata(path: str) -> dict[str, str]:
-    """metadata_props of an ONNX file, read without onnxruntime (needs the `onnx` package)."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def stamp_onnx(model: Any, info: ModelInfo) -> None:

@@ -1,0 +1,560 @@
+"""The `segen-edge` command line: parse, call the library, render.
+
+Results go to stdout, progress and errors to stderr. Exit codes: 0 success, 1 failure
+(including a batch in which some files failed), 2 usage. Heavy modules (onnxruntime,
+numpy, Pillow) are imported inside the verbs, so `--help` and `--version` are instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from . import __version__
+from .errors import SegenError
+from .session import Device
+
+if TYPE_CHECKING:
+    from .model import Model
+
+app = typer.Typer(
+    name="segen-edge",
+    help="Fast, quantized ONNX inference for image segmentation and generation models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Precision(str, enum.Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+# -- shared options --------------------------------------------------------------------------
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Bundled model name (see 'segen-edge models') or ONNX path."),
+]
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", "-d", help="Execution provider; auto tries cuda, openvino, cpu.")
+]
+PrecisionOpt = Annotated[
+    Precision, typer.Option("--precision", "-p", help="Model precision; auto suits the provider.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")]
+ImageSizeOpt = Annotated[
+    tuple[int, int] | None,
+    typer.Option("--image-size", help="HEIGHT WIDTH, for an ONNX file without segen metadata."),
+]
+PixelScaleOpt = Annotated[
+    float | None, typer.Option("--pixel-scale", help="model value = pixel * scale + offset.")
+]
+PixelOffsetOpt = Annotated[float | None, typer.Option("--pixel-offset")]
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]{message}[/red]", markup=True)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    """Metadata values given on the command line (for models without segen metadata)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if given:
+        given.setdefault("arch", "custom")
+        if "image_size" in given:
+            given["image_size"] = list(given["image_size"])
+    return given
+
+
+def _open(
+    spec: str | None,
+    task: str,
+    device: Device,
+    precision: Precision,
+    threads: int | None,
+    overrides: dict[str, Any] | None = None,
+) -> Model:
+    from .model import open_model
+
+    return open_model(spec, task, device, precision.value, threads, overrides, warn=_note)
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event: the job finishes what is in flight and stops cleanly.
+
+    A second Ctrl-C interrupts at once.
+    """
+    stop = threading.Event()
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        _note("segen-edge: stopping after the files in flight (Ctrl-C again to abort)")
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner's)
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _progress(total: int | None, label: str) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+
+
+# -- verbs -----------------------------------------------------------------------------------
+
+
+@app.command()
+def segment(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 8,
+    save: Annotated[
+        str, typer.Option("--save", help="Comma-separated outputs: mask,color,overlay.")
+    ] = "mask",
+    summary: Annotated[
+        Path | None, typer.Option("--summary", help="Write per-image class fractions as JSON.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into folders.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    threads: ThreadsOpt = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode/encode threads.")] = None,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")
+    ] = 120_000_000,
+    image_size: ImageSizeOpt = None,
+    pixel_scale: PixelScaleOpt = None,
+    pixel_offset: PixelOffsetOpt = None,
+    class_names: Annotated[
+        str | None, typer.Option("--class-names", help="Comma-separated, for a bare ONNX file.")
+    ] = None,
+) -> None:
+    """Segment images; write class-id masks (and colour masks, overlays) mirroring the input tree."""
+    from .images import find_images
+    from .segment import SAVE_KINDS, OutputPlan
+
+    kinds = [k.strip() for k in save.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    if unknown or not kinds:
+        raise typer.BadParameter(
+            f"{','.join(unknown) or 'nothing'}: expected a comma-separated subset of " + ",".join(SAVE_KINDS),
+            param_hint="--save",
+        )
+    names = class_names.split(",") if class_names else None
+    overrides = _overrides(
+        task="segment" if image_size else None,
+        image_size=image_size,
+        pixel_scale=pixel_scale,
+        pixel_offset=pixel_offset,
+        class_names=names,
+        palette=_palette_for(names),
+    )
+    segmenter = _open(model, "segment", device, precision, threads, overrides)
+    from .segment import Segmenter
+
+    assert isinstance(segmenter, Segmenter)
+    plan = OutputPlan(out, kinds, inputs)
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    entries = []
+    with _graceful_stop() as stop, _progress(None, "segment") as bar:
+        task = bar.add_task("segment", total=None)
+        results = segmenter.segment_files(
+            find_images(inputs, recursive),
+            plan,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            stop=stop,
+            workers=workers,
+            max_pixels=max_pixels,
+        )
+        for result in results:
+            counts[result.status] += 1
+            entries.append(result.to_json())
+            bar.advance(task)
+            if result.status == "failed":
+                bar.console.print(f"[red]error:[/red] {result.error}", markup=True, highlight=False)
+            elif result.status == "ok":
+                if result.note:
+                    _note(f"{result.source.path}: {result.note}")
+                for path in result.outputs:
+                    print(path, flush=False)
+        interrupted = stop.is_set()
+    sys.stdout.flush()
+    if summary:
+        from .images import write_text
+
+        info = segmenter.info
+        document = {
+            "model": info.name or str(segmenter.loaded.path),
+            "precision": info.precision,
+            "provider": segmenter.provider,
+            "class_names": list(info.class_names),
+            "counts": counts,
+            "interrupted": interrupted,
+            "images": sorted(entries, key=lambda e: e["input"]),
+        }
+        write_text(summary, json.dumps(document, indent=2) + "\n")
+    done = f"{counts['ok']} segmented, {counts['skipped']} skipped (outputs exist), {counts['failed']} failed"
+    _note(f"segen-edge: {done}; outputs in {out}")
+    if interrupted:
+        _note("segen-edge: interrupted; run the same command again to finish the rest")
+        raise typer.Exit(130)
+    if counts["failed"]:
+        raise typer.Exit(1)
+    if not any(counts.values()):
+        raise SegenError(f"no images found in {' '.join(inputs)}; pass --recursive for subfolders")
+
+
+def _palette_for(names: list[str] | None) -> list[list[int]] | None:
+    if not names:
+        return None
+    from .masks import default_palette
+
+    return [list(c) for c in default_palette(len(names))]
+
+
+@app.command()
+def generate(
+    n: Annotated[int, typer.Option("-n", "--count", min=1, help="How many images.")] = 16,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Same seed, same images (default: random).")
+    ] = None,
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Also write all images tiled into one PNG.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
+    threads: ThreadsOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    image_size: ImageSizeOpt = None,
+    latent_size: Annotated[
+        int | None, typer.Option("--latent-size", help="For an ONNX file without metadata.")
+    ] = None,
+    pixel_scale: PixelScaleOpt = None,
+    pixel_offset: PixelOffsetOpt = None,
+) -> None:
+    """Generate images from seeded latent vectors; write PNGs (and a grid)."""
+    import numpy as np
+
+    from .generate import Generator, make_grid
+    from .images import save_image
+
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**31)  # type: ignore[operator]
+        _note(f"segen-edge: seed {seed} (pass --seed {seed} to get the same images again)")
+    overrides = _overrides(
+        task="generate" if latent_size else None,
+        image_size=image_size,
+        latent_size=latent_size,
+        pixel_scale=pixel_scale,
+        pixel_offset=pixel_offset,
+    )
+    generator = _open(model, "generate", device, precision, threads, overrides)
+    assert isinstance(generator, Generator)
+    name = generator.info.name or generator.loaded.path.stem
+    keep_for_grid = []
+    written = skipped = 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _graceful_stop() as stop, ThreadPoolExecutor(2) as pool, _progress(n, "generate") as bar:
+        task = bar.add_task("generate", total=n)
+        pending = []
+        index = 0
+        for images in generator.generate(n, seed, batch_size, stop):
+            for image in images:
+                path = out / f"{name}-s{seed}-{index:05d}.png"
+                index += 1
+                if grid is not None:
+                    keep_for_grid.append(image)
+                if path.exists() and not overwrite:
+                    skipped += 1
+                    continue
+                pending.append((path, pool.submit(save_image, path, image)))
+            while len(pending) > 4 * batch_size:
+                path, future = pending.pop(0)
+                future.result()
+                print(path)
+                written += 1
+            bar.update(task, completed=index)
+        for path, future in pending:
+            future.result()
+            print(path)
+            written += 1
+        interrupted = stop.is_set()
+    if grid is not None and keep_for_grid:
+        save_image(grid, make_grid(np.stack(keep_for_grid)))
+        print(grid)
+    _note(f"segen-edge: {written} written, {skipped} skipped (exist; --overwrite replaces); in {out}")
+    if interrupted:
+        _note("segen-edge: interrupted; run the same command again to finish the rest")
+        raise typer.Exit(130)
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name or ONNX path (repeatable; default: all)."),
+    ] = None,
+    device: DeviceOpt = Device.auto,
+    precision: Annotated[
+        str, typer.Option("--precision", "-p", help="auto, all, or a comma list of fp32,fp16,int8.")
+    ] = "auto",
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Comma list.")] = "1,8",
+    runs: Annotated[int, typer.Option("--runs", min=1)] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", min=0)] = 5,
+    threads: ThreadsOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
+) -> None:
+    """Measure latency (p50/p90/p99) and throughput per model, precision and batch size."""
+    from . import zoo
+    from .bench import measure
+    from .model import open_model
+
+    try:
+        sizes = [int(s) for s in batch_size.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{batch_size!r}: expected e.g. 1,8", param_hint="--batch-size") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"{batch_size!r}: expected positive sizes", param_hint="--batch-size")
+    specs = model or list(zoo.bundled_models())
+    if not specs:
+        raise SegenError("no bundled models found; pass --model PATH.onnx")
+    results = []
+    for spec in specs:
+        ref = zoo.resolve(spec, "segment")
+        if precision in ("all", "auto"):
+            wanted = (ref.precisions or ["auto"]) if precision == "all" else ["auto"]
+        else:
+            wanted = [p.strip() for p in precision.split(",")]
+        for prec in wanted:
+            loaded = open_model(spec, None, device, prec, threads, warn=_note)
+            for size in sizes:
+                _note(f"segen-edge: bench {ref.name} {loaded.info.precision} batch {size}")
+                results.append(measure(loaded, size, runs, warmup))
+    _render_bench(results)
+    if json_path:
+        from .images import write_text
+
+        write_text(json_path, json.dumps([r.to_json() for r in results], indent=2) + "\n")
+
+
+def _render_bench(results: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="segen-edge bench")
+    for col in (
+        "model",
+        "precision",
+        "provider",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean ms",
+        "std ms",
+        "images/s",
+        "MB",
+    ):
+        table.add_column(col, justify="left" if col in ("model", "precision", "provider") else "right")
+    for r in results:
+        table.add_row(
+            r.model,
+            r.precision,
+            r.provider,
+            str(r.batch_size),
+            f"{r.p50_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.mean_ms:.2f}",
+            f"{r.std_ms:.2f}",
+            f"{r.images_per_s:.1f}",
+            f"{r.size_mb:.2f}",
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@app.command("models")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the bundled models."""
+    from . import zoo
+
+    rows = [_describe(ref) for ref in zoo.bundled_models().values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bundled models")
+    for col in ("name", "task", "arch", "precisions", "input", "classes", "size"):
+        table.add_column(col)
+    for row in rows:
+        classes = (
+            ", ".join(row["class_names"]) if row["task"] == "segment" else f"latent {row['latent_size']}"
+        )
+        sizes = ", ".join(f"{p} {mb:.1f} MB" for p, mb in row["file_mb"].items())
+        table.add_row(
+            row["name"],
+            row["task"],
+            row["arch"],
+            ", ".join(row["precisions"]),
+            "x".join(map(str, row["image_size"])) + f"x{row['channels']}",
+            classes,
+            sizes,
+        )
+    Console(soft_wrap=True).print(table)
+
+
+def _describe(ref: Any, precision: str = "auto") -> dict[str, Any]:
+    """Metadata of a model reference, read from its ONNX file without a session."""
+    from .metadata import ModelInfo
+    from .onnxmeta import read_metadata
+
+    _, path = ref.pick(precision, "cpu")
+    info = ModelInfo.from_props(read_metadata(path), source=str(path))
+    row = info.to_dict()
+    row["name"] = info.name or ref.name
+    row["path"] = str(path)
+    row["precisions"] = {p: str(f) for p, f in ref.files.items()} or {info.precision: str(path)}
+    row["file_mb"] = {p: round(Path(f).stat().st_size / 1e6, 2) for p, f in row["precisions"].items()}
+    return row
+
+
+@app.command()
+def info(
+    model: Annotated[str, typer.Argument(help="Bundled model name or ONNX path.")],
+    precision: PrecisionOpt = Precision.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one model's metadata and card."""
+    from . import zoo
+
+    ref = zoo.resolve(model, "segment")
+    row = _describe(ref, precision.value)
+    if as_json:
+        print(json.dumps(row, indent=2))
+        return
+    card = row.pop("card", {})
+    for key, value in row.items():
+        if key != "file_mb":
+            print(f"{key:>16}: {json.dumps(value) if not isinstance(value, str) else value}")
+    if card:
+        print(f"{'card':>16}:")
+        print(json.dumps(card, indent=2))
+
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train a model (unet | fcn | dcgan); needs the 'train' extra. See 'segen-edge train --help'."""
+    _dispatch("train", "training", ctx.args)
+
+
+@app.command(context_settings=_PASSTHROUGH, add_help_option=False)
+def export(ctx: typer.Context) -> None:
+    """Export a training run to ONNX fp32/fp16/int8; needs the 'train' extra."""
+    _dispatch("export", "export", ctx.args)
+
+
+def _dispatch(package: str, what: str, args: list[str]) -> None:
+    import importlib
+
+    from .errors import MissingExtraError
+
+    try:
+        for dependency in ("tensorflow", "keras", "tf2onnx", "onnx"):
+            importlib.import_module(dependency)
+        module = importlib.import_module(f"{package}.cli")
+    except ImportError as exc:
+        raise MissingExtraError(f"segen-edge {package} ({what}; missing {exc.name})", "train") from None
+    code = module.main(list(args))
+    raise typer.Exit(int(code or 0))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"segen-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Fast, quantized ONNX inference for image segmentation and generation models."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: SegenError -> one red line and exit 1; usage errors exit 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except SegenError as exc:
+        _err(f"error: {exc}")
+        return 1
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Create an onnxruntime session for a device, then check which provider it really got.
+
+onnxruntime silently falls back to the CPU when a provider fails to load, so asking is not
+enough: after creating a session we read `session.get_providers()` and fail (explicit device)
+or say so on stderr (`auto`). onnxruntime is imported here, lazily, never at CLI start.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, ProviderError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+SHORT_NAMES = {CUDA: "cuda", CPU: "cpu", OPENVINO: "openvino"}
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    openvino = "openvino"
+
+
+@dataclass
+class LoadedSession:
+    """An onnxruntime session and the provider it actually runs on."""
+
+    session: Any  # onnxruntime.InferenceSession
+    provider: str  # short name: cpu | cuda | openvino
+    path: Path
+
+    @property
+    def input_name(self) -> str:
+        return str(self.session.get_inputs()[0].name)
+
+    @property
+    def output_name(self) -> str:
+        return str(self.session.get_outputs()[0].name)
+
+
+def ort() -> Any:
+    """The onnxruntime module, or an error that says which extra to install."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ProviderError(
+            "onnxruntime is not installed; install one runtime extra: "
+            "pip install 'segen-edge[cpu]' (or [gpu] for CUDA, [openvino] for Intel CPUs)"
+        ) from None
+    return onnxruntime
+
+
+@functools.cache
+def openvino_devices() -> tuple[Any, ...]:
+    """Register the OpenVINO plugin EP once; its devices, or () when absent or unusable."""
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        return ()
+    rt = ort()
+    name = plugin.get_ep_name()
+    try:
+        rt.register_execution_provider_library(name, plugin.get_library_path())
+    except Exception as exc:  # registering twice, or a library that fails to load
+        if "already registered" not in str(exc):
+            return ()
+    devices = [d for d in rt.get_ep_devices() if d.ep_name == name]
+    cpus = [d for d in devices if "CPU" in str(d.device.type)]
+    return tuple(cpus or devices)
+
+
+def cuda_available() -> bool:
+    return CUDA in ort().get_available_providers()
+
+
+def session_options(threads: int | None = None, optimized_path: Path | None = None) -> Any:
+    rt = ort()
+    options = rt.SessionOptions()
+    options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only; we report the provider ourselves
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+def _try(device: str, build: Callable[[], Any], errors: dict[str, str]) -> Any:
+    try:
+        return build()
+    except Exception as exc:  # onnxruntime raises its own exception types
+        errors[device] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return None
+
+
+def create_session(
+    path: str | Path,
+    device: Device | str = Device.auto,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> LoadedSession:
+    """Open `path` on `device`, verifying the provider onnxruntime actually assigned."""
+    path = Path(path)
+    device = Device(device)
+    say = warn or (lambda msg: print(msg, file=sys.stderr))
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found; pass an ONNX file or a bundled model name")
+    rt = ort()
+    errors: dict[str, str] = {}
+
+    def plain(providers: list[str]) -> Callable[[], Any]:
+        return lambda: rt.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=providers
+        )
+
+    def openvino() -> Any:
+        devices = openvino_devices()
+        if not devices:
+            raise RuntimeError("no OpenVINO device (the plugin supports Intel CPUs, GPUs and NPUs)")
+        options = session_options(threads)
+        options.add_provider_for_devices(list(devices), {})
+        return rt.InferenceSession(str(path), sess_options=options)
+
+    order = {
+        Device.auto: ["cuda", "openvino", "cpu"],
+        Device.cuda: ["cuda"],
+        Device.openvino: ["openvino"],
+        Device.cpu: ["cpu"],
+    }[device]
+    for name in order:
+        if name == "cuda":
+            if not cuda_available():
+                errors["cuda"] = "onnxruntime-gpu is not installed"
+                continue
+            session = _try(name, plain([CUDA, CPU]), errors)
+        elif name == "openvino":
+            session = _try(name, openvino, errors)
+        else:
+            session = _try(name, plain([CPU]), errors)
+        if session is None:
+            continue
+        got = SHORT_NAMES.get(session.get_providers()[0], session.get_providers()[0])
+        if got != name:
+            errors[name] = f"the session fell back to {got}"
+            continue
+        if device is Device.auto:
+            say(f"segen-edge: running {path.name} on {got}")
+        return LoadedSession(session, got, path)
+    raise _no_provider(device, path, errors)
+
+
+def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exception:
+    why = "; ".join(f"{k}: {v}" for k, v in errors.items())
+    if "cpu" in errors:
+        text = errors["cpu"]
+        if "protobuf" in text.lower() or "invalid" in text.lower() or "load model" in text.lower():
+            return ModelError(f"{path}: not a valid ONNX model ({text})")
+        return ModelError(f"{path}: onnxruntime cannot run this model ({text})")
+    fixes = {
+        Device.cuda: "install the GPU build: pip uninstall onnxruntime && "
+        "pip install 'segen-edge[gpu]', and check the CUDA driver with nvidia-smi",
+        Device.openvino: "install the plugin: pip install 'segen-edge[openvino]' "
+        "(OpenVINO runs on Intel CPUs and GPUs)",
+    }
+    fix = fixes.get(device, "check the onnxruntime install")
+    return ProviderError(f"--device {device.value} did not load ({why}); {fix}, or use --device cpu")
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
