@@ -68,9 +68,16 @@ PixelOffsetOpt = Annotated[float | None, typer.Option("--pixel-offset")]
 
 
 def _err(message: str) -> None:
+    """One line on stderr, red on a terminal, never wrapped."""
+    red = sys.stderr.isatty()
+    print(f"\033[31m{message}\033[0m" if red else message, file=sys.stderr, flush=True)
+
+
+def _console() -> Any:
+    """A stdout console for tables; wide when piped, so columns are never truncated."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]{message}[/red]", markup=True)
+    return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=True)
 
 
 def _note(message: str) -> None:
@@ -221,7 +228,7 @@ def segment(
             entries.append(result.to_json())
             bar.advance(task)
             if result.status == "failed":
-                bar.console.print(f"[red]error:[/red] {result.error}", markup=True, highlight=False)
+                _err(f"error: {result.error}")
             elif result.status == "ok":
                 if result.note:
                     _note(f"{result.source.path}: {result.note}")
@@ -392,7 +399,6 @@ def bench(
 
 
 def _render_bench(results: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="segen-edge bench")
@@ -424,7 +430,7 @@ def _render_bench(results: list[Any]) -> None:
             f"{r.images_per_s:.1f}",
             f"{r.size_mb:.2f}",
         )
-    Console(soft_wrap=True).print(table)
+    _console().print(table)
 
 
 @app.command("models")
@@ -438,7 +444,6 @@ def list_models(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="bundled models")
@@ -458,7 +463,7 @@ def list_models(
             classes,
             sizes,
         )
-    Console(soft_wrap=True).print(table)
+    _console().print(table)
 
 
 def _describe(ref: Any, precision: str = "auto") -> dict[str, Any]:

@@ -119,7 +119,7 @@ class ModelInfo:
             keys = ", ".join(PREFIX + n for n in missing)
             raise MetadataError(
                 f"{source}: missing segen metadata {keys}; export the model with "
-                "'segen-edge export' or pass --task and --image-size"
+                "'segen-edge export' or pass --image-size (and --class-names or --latent-size)"
             )
         kwargs: dict[str, Any] = {}
         try:
@@ -148,8 +148,7 @@ class ModelInfo:
                 ) from None
         if not data:
             raise MetadataError(
-                f"{source}: no segen.* metadata; export the model with 'segen-edge export', "
-                "or give --task, --image-size and --pixel-scale/--pixel-offset"
+                f"{source}: no segen.* metadata; export the model with 'segen-edge export'"
             )
         return cls.from_dict(data, source)
 

@@ -55,7 +55,8 @@ def read_info(loaded: LoadedSession, overrides: Mapping[str, Any] | None = None)
     if not data:
         raise MetadataError(
             f"{loaded.path}: no segen.* metadata; export it with 'segen-edge export', or give "
-            "--task, --image-size HEIGHT WIDTH and --pixel-scale/--pixel-offset"
+            "--image-size HEIGHT WIDTH, --pixel-scale/--pixel-offset and --class-names "
+            "(segment) or --latent-size (generate)"
         )
     info = ModelInfo.from_dict(data, source=str(loaded.path))
     _check_io(loaded, info)
