@@ -52,11 +52,8 @@ def test_onnx_file_round_trip_keeps_foreign_keys(tmp_path: Path) -> None:
     ],
 )
 def test_malformed_key_is_named(key: str, value: str, message: str) -> None:
-    props = (
-        segmenter_info().to_props() | generator_info().to_props()
-        if key == "latent_size"
-        else segmenter_info().to_props()
-    )
+    base = generator_info() if key == "latent_size" else segmenter_info()
+    props = base.to_props()
     props["segen." + key] = value
     with pytest.raises(MetadataError, match=message.replace(".", r"\.")):
         ModelInfo.from_props(props, source="m.onnx")

@@ -52,5 +52,5 @@ def test_missing_and_invalid_model_files(tmp_path: Path) -> None:
         create_session(tmp_path / "nope.onnx", "cpu")
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(ModelError, match="junk.onnx"):
+    with pytest.raises(ModelError, match=r"junk\.onnx"):
         create_session(junk, "cpu")
