@@ -504,6 +504,51 @@ def info(
         print(json.dumps(card, indent=2))
 
 
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Bundled model name or ONNX path.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Labelled data folder (default: the card's).")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="held-out (the card's stems) or all.")] = "held-out",
+    mask_encoding: Annotated[
+        str | None, typer.Option("--mask-encoding", help="auto, index, binary, trimap, palette.")
+    ] = None,
+    device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 8,
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score a segmenter on labelled images (by default the held-out split of its card)."""
+    from .evaluate import evaluate as score
+    from .evaluate import held_out_pairs
+    from .segment import Segmenter
+
+    if split not in ("held-out", "all"):
+        raise typer.BadParameter(f"{split!r}: expected held-out or all", param_hint="--split")
+    segmenter = _open(model, "segment", device, precision, threads)
+    assert isinstance(segmenter, Segmenter)
+    card = dict(segmenter.info.card)
+    folder = data or (Path(card["data"]) if card.get("data") else None)
+    if folder is None:
+        raise SegenError(f"{model}: its card names no data folder; pass --data DIR")
+    stems = card.get("held_out") if split == "held-out" else None
+    if split == "held-out" and not stems:
+        raise SegenError(f"{model}: its card lists no held-out stems; pass --split all")
+    encoding = mask_encoding or card.get("mask_encoding") or "auto"
+    result = score(segmenter, held_out_pairs(str(folder), stems), encoding, batch_size)
+    result |= {"model": segmenter.info.name, "precision": segmenter.info.precision, "data": str(folder)}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['model']} {result['precision']} on {result['images']} images of {folder}")
+    for key in ("miou", "mean_dice", "pixel_accuracy"):
+        print(f"{key:>16}: {result[key]}")
+    for name, iou in result["iou"].items():
+        print(f"{'iou ' + name:>16}: {iou}   dice {result['dice'][name]}")
+
+
 _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 

@@ -350,3 +350,32 @@ def test_main_maps_errors_to_exit_codes(seg_model: Path, tmp_path: Path) -> None
     assert cli.main(["segment", str(tmp_path / "missing"), "-m", str(seg_model)]) == 1
     assert cli.main(["segment", "--bogus-flag"]) == 2
     assert cli.main(["--version"]) == 0
+
+
+# -- evaluate ------------------------------------------------------------------------------
+
+
+def test_evaluate_scores_held_out_pairs(tmp_path: Path) -> None:
+    from conftest import make_segmenter, segmenter_info
+
+    data = tmp_path / "data"
+    colours = {"r": (255, 0, 0), "g": (0, 255, 0), "b": (0, 0, 255)}
+    for stem, colour in colours.items():
+        solid(data / "images" / f"{stem}.png", colour, (8, 8))
+        truth = np.full((8, 8), "rgb".index(stem), np.uint8)
+        truth[0, :] = 0  # one row labelled red: wrong for g and b
+        (data / "masks").mkdir(exist_ok=True)
+        Image.fromarray(truth).save(data / "masks" / f"{stem}.png")
+    card = {"data": str(data), "held_out": ["g", "b"], "mask_encoding": "index"}
+    model = make_segmenter(tmp_path / "m.onnx", segmenter_info(card=card))
+    code, stdout, _ = run("evaluate", str(model), "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["images"] == 2
+    assert result["pixel_accuracy"] == pytest.approx(112 / 128)
+    # red: 0 TP, 16 FN; green and blue: 56 TP, 8 FP each -> IoU 56/64
+    assert result["iou"] == {"red": 0.0, "green": 0.875, "blue": 0.875}
+    code, stdout, _ = run("evaluate", str(model), "--split", "all", "--json")
+    assert json.loads(stdout)["images"] == 3
+    code, _, stderr = run("evaluate", str(model), "--data", str(tmp_path / "nowhere"))
+    assert code == 1 and "nowhere" in stderr
