@@ -147,9 +147,7 @@ class ModelInfo:
                     f"{source}: metadata key '{key}' is not valid JSON: {str(raw)[:60]!r}"
                 ) from None
         if not data:
-            raise MetadataError(
-                f"{source}: no segen.* metadata; export the model with 'segen-edge export'"
-            )
+            raise MetadataError(f"{source}: no segen.* metadata; export the model with 'segen-edge export'")
         return cls.from_dict(data, source)
 
 
