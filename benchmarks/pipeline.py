@@ -123,7 +123,8 @@ def main() -> None:
     )
     for verb, model, n, batch, ref, e2e, rss in rows:
         print(
-            f"{verb:<9} {model:<14} {n:>6} {batch:>5} {ref:>12.1f} {e2e:>12.1f} {e2e / ref:>6.2f} {rss:>11.0f}"
+            f"{verb:<9} {model:<14} {n:>6} {batch:>5} {ref:>12.1f} {e2e:>12.1f} "
+            f"{e2e / ref:>6.2f} {rss:>11.0f}"
         )
     print("(includes process start and model load; ratio = end-to-end / model-only throughput)")
 
