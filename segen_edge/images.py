@@ -8,8 +8,10 @@ folder, then a rename, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -126,6 +128,13 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MA
     """Decode an image file to uint8 (height, width, channels), EXIF orientation applied."""
     path = Path(path)
     try:
+        # A FIFO, socket or device named like an image would block or never end: refuse
+        # anything that is not a regular file before opening it.
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{path}: not a regular file (a pipe, socket or device); {EXPECTED}")
         with open(path, "rb") as fh:
             return decode_image(fh, channels, max_pixels, name=str(path))
     except BadInputError:
@@ -138,6 +147,8 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MA
     except PermissionError:
         raise BadInputError(f"{path}: permission denied; make the file readable") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInputError(f"{path}: symlink loop; fix or remove the link") from None
         raise BadInputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
