@@ -168,8 +168,8 @@ def decode_image(
             width, height = img.size
             if width * height > max_pixels:
                 raise BadInputError(
-                    f"{name}: {width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
-                    f"limit of {max_pixels / 1e6:.0f} (a guard against decompression bombs); "
+                    f"{name}: {width}x{height} is {width * height:,} pixels, over the limit of "
+                    f"{max_pixels:,} (a guard against decompression bombs); "
                     "raise it with --max-pixels if the image is genuine"
                 )
             note = ""
