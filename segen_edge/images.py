@@ -77,14 +77,25 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
             matches = sorted(glob.glob(text, recursive=recursive))
             if not matches:
                 raise BadInputError(f"{text}: the pattern matches no file; check the quotes and path")
+            root = glob_root(text)
             for match in matches:
                 m = Path(match)
                 if m.is_dir():
                     yield from _walk(m, recursive)
-                else:
-                    yield Source(m, Path(m.name))
+                else:  # mirror the tree under the pattern's fixed part: d1/a.png, d2/a.png
+                    yield Source(m, Path(os.path.relpath(m, root)))
         else:
             raise BadInputError(f"{text}: no such file or folder")
+
+
+def glob_root(pattern: str) -> Path:
+    """The fixed folder part of a glob pattern: `photos` for `photos/*/*.jpg`."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Source]:

@@ -24,6 +24,7 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     Decoded,
     Source,
+    glob_root,
     load_image,
     preprocess,
     resize_u8,
@@ -227,7 +228,10 @@ class OutputPlan:
     def targets(self, src: Source) -> dict[str, Path]:
         base = self.out_dir / src.rel.parent / src.rel.stem
         if base in self._claimed:  # a.jpg after a.png: keep both
-            base = base.with_name(f"{src.rel.stem}_{src.rel.suffix.lstrip('.').lower()}")
+            alias = f"{src.rel.stem}_{src.rel.suffix.lstrip('.').lower()}"
+            base, n = base.with_name(alias), 2
+            while base in self._claimed:  # a third a.png (files named one by one)
+                base, n = base.with_name(f"{alias}{n}"), n + 1
         self._claimed.add(base)
         names = {
             "mask": ".mask.png" if self.suffixed else ".png",
@@ -243,11 +247,6 @@ class OutputPlan:
 def _root_of(arg: str) -> Path:
     """The folder an input argument scans: itself, its parent, or a glob's fixed prefix."""
     if glob.has_magic(arg):
-        fixed = []
-        for part in Path(arg).parts:
-            if glob.has_magic(part):
-                break
-            fixed.append(part)
-        return Path(*fixed) if fixed else Path(".")
+        return glob_root(arg)
     path = Path(arg)
     return path if path.is_dir() else path.parent
