@@ -80,6 +80,8 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
             root = glob_root(text)
             for match in matches:
                 m = Path(match)
+                if m.name.lower().endswith(OUTPUT_SUFFIXES):
+                    continue  # our own outputs: a re-run with --out inside the input folder
                 if m.is_dir():
                     yield from _walk(m, recursive)
                 else:  # mirror the tree under the pattern's fixed part: d1/a.png, d2/a.png
