@@ -1,0 +1,414 @@
+"""segen-edge against every runtime a user could pick instead, side by side in ONE run.
+
+For each model: Keras fp32, TFLite fp32 and int8, onnxruntime CPU fp32 and int8, OpenVINO
+(the `openvino` package, or the onnxruntime plugin EP when it finds a device), and
+segen-edge's own engine with `--device auto --precision auto`. Printed per runtime:
+latency p50/p90 at batch 1, throughput at batch 8 (16 for generators), speed-up against
+Keras and against the fastest peer, and agreement with Keras fp32 (the fraction of pixels
+whose class agrees, on real held-out pets images, for segmenters; the mean absolute pixel
+difference for generators).
+
+Models: the bundled ones (their Keras checkpoints come from the run directories that
+scripts/build_models.sh writes; without one, the Keras/TFLite rows are skipped), and
+random-weight models of the seed's shapes: U-Net 32-512 filters at 256x256, FCN-8s at
+256x256 and the DCGAN generator at 32x32.
+
+    python benchmarks/peers.py                      # everything (about 10 minutes on 2 cores)
+    python benchmarks/peers.py --only seed-unet256 --threads 2 --json peers.json
+
+Needs the train extra (TensorFlow) and, for the OpenVINO row, `pip install openvino`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from segen_edge import zoo  # noqa: E402
+from segen_edge.images import load_image, preprocess  # noqa: E402
+from segen_edge.metadata import ModelInfo  # noqa: E402
+from segen_edge.onnxmeta import read_metadata  # noqa: E402
+
+Runner = Callable[[np.ndarray], np.ndarray]  # NHWC float32 (or latents) -> NHWC output
+
+
+@dataclass
+class Case:
+    name: str
+    info: ModelInfo
+    keras_model: Any | None
+    fp32: Path
+    int8: Path | None
+    segen_spec: str  # what `segen-edge --model` gets
+    real_inputs: np.ndarray  # for agreement
+    calib: np.ndarray  # for TFLite int8
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- runners ---------------------------------------------------------------------------------
+
+
+def keras_runner(model: Any) -> Runner:
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda x: np.asarray(forward(tf.constant(x)))
+
+
+def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Runner:
+    """fp32 (calib None) or full-integer int8 with float input/output."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if calib is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative() -> Any:
+            for sample in calib:
+                yield [sample[None]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    blob = converter.convert()
+    interpreters: dict[int, Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        batch = x.shape[0]
+        if batch not in interpreters:
+            interp = tf.lite.Interpreter(model_content=blob, num_threads=threads)
+            index = interp.get_input_details()[0]["index"]
+            interp.resize_tensor_input(index, list(x.shape))
+            interp.allocate_tensors()
+            interpreters[batch] = interp
+        interp = interpreters[batch]
+        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        interp.invoke()
+        return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]))
+
+    return run
+
+
+def _layout(info: ModelInfo, fn: Callable[[np.ndarray], np.ndarray]) -> Runner:
+    """Wrap a model-layout function so it takes and returns NHWC like every other runner."""
+    if info.layout != "NCHW":
+        return fn
+    segment = info.task == "segment"
+
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if segment else x
+        return fn(x).transpose(0, 2, 3, 1)
+
+    return run
+
+
+def ort_runner(path: Path, info: ModelInfo, threads: int) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return _layout(info, lambda x: session.run(None, {name: x})[0])
+
+
+def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Runner | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    model = core.read_model(str(path))
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape not in compiled:
+            m = model.clone()
+            m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
+            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+            compiled[x.shape] = core.compile_model(m, "CPU", config)
+        request = compiled[x.shape]
+        return np.asarray(request(x)[0])
+
+    return _layout(info, run)
+
+
+def segen_runner(spec: str, task: str, threads: int) -> tuple[Runner, str]:
+    from segen_edge.model import open_model
+
+    model = open_model(spec, task, "auto", "auto", threads, warn=lambda _: None)
+    return _layout(model.info, model.run), f"{model.provider} {model.info.precision}"
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def latency(run: Runner, x: np.ndarray, runs: int, warmup: int = 3) -> np.ndarray:
+    for _ in range(warmup):
+        run(x)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        run(x)
+        times[i] = time.perf_counter() - start
+    return times * 1e3
+
+
+def agreement(case: Case, output: np.ndarray, reference: np.ndarray) -> float:
+    if case.info.task == "segment":
+        return float(np.mean(output.argmax(-1) == reference.argmax(-1)))
+    scale = 1.0 / case.info.pixel_scale
+    return float(np.mean(np.abs(output - reference)) * scale)  # mean |pixel difference|
+
+
+def bench_case(case: Case, threads: int, runs: int) -> None:
+    info = case.info
+    rng = np.random.default_rng(0)
+    big = 16 if info.task == "generate" else 8
+    if info.task == "generate":
+        one = rng.standard_normal((1, info.latent_size), dtype=np.float32)
+        many = rng.standard_normal((big, info.latent_size), dtype=np.float32)
+    else:
+        one, many = case.real_inputs[:1], np.resize(case.real_inputs, (big, *case.real_inputs.shape[1:]))
+    runners: list[tuple[str, Callable[[], Runner | None]]] = []
+    if case.keras_model is not None:
+        runners += [
+            ("keras fp32", lambda: keras_runner(case.keras_model)),
+            ("tflite fp32", lambda: tflite_runner(case.keras_model, None, threads)),
+            ("tflite int8", lambda: tflite_runner(case.keras_model, case.calib, threads)),
+        ]
+    runners.append(("onnxruntime fp32", lambda: ort_runner(case.fp32, info, threads)))
+    if case.int8 is not None:
+        runners.append(("onnxruntime int8", lambda: ort_runner(case.int8, info, threads)))
+    runners.append(("openvino fp32", lambda: openvino_runner(case.fp32, info, threads)))
+    reference = None
+    for label, make in [*runners, ("segen-edge auto", lambda: None)]:
+        try:
+            if label == "segen-edge auto":
+                run, how = segen_runner(case.segen_spec, info.task, threads)
+                label = f"segen-edge auto ({how})"
+            else:
+                made = make()
+                if made is None:
+                    print(f"  {label}: not installed, skipped", file=sys.stderr)
+                    continue
+                run = made
+            out = np.concatenate([run(case.real_inputs[i : i + 1]) for i in range(len(case.real_inputs))])
+            if reference is None:
+                reference = out  # the first runner: Keras fp32, else onnxruntime fp32
+            ms1 = latency(run, one, runs)
+            msb = latency(run, many, max(5, runs // 4))
+        except Exception as exc:  # a peer that cannot run this model is reported, not fatal
+            print(f"  {label}: failed ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+            continue
+        case.rows.append(
+            {
+                "model": case.name,
+                "runtime": label,
+                "p50_ms": float(np.percentile(ms1, 50)),
+                "p90_ms": float(np.percentile(ms1, 90)),
+                "batch": big,
+                "throughput": big / (float(np.median(msb)) / 1e3),
+                "agreement": agreement(case, out, reference),
+            }
+        )
+        print(f"  {label}: p50 {case.rows[-1]['p50_ms']:.2f} ms", file=sys.stderr)
+
+
+# -- cases -----------------------------------------------------------------------------------
+
+
+def real_inputs(info: ModelInfo, folder: Path, stems: list[str] | None, count: int) -> np.ndarray:
+    """Up to `count` labelled images of `folder` (the held-out ones first), preprocessed."""
+    from segen_edge.masks import find_pairs
+
+    pairs = find_pairs(folder)
+    if stems:
+        wanted = set(stems)
+        pairs = [p for p in pairs if p.stem in wanted] + [p for p in pairs if p.stem not in wanted]
+    return np.stack([preprocess(load_image(p.image, info.channels).image_u8, info) for p in pairs[:count]])
+
+
+def bundled_cases(runs_dir: Path, data: Path, count: int) -> list[Case]:
+    from export.convert import load_keras
+
+    cases = []
+    for name, ref in zoo.bundled_models().items():
+        fp32 = ref.files.get("fp32")
+        int8 = ref.files.get("int8")
+        source = fp32 or int8 or next(iter(ref.files.values()))
+        info = ModelInfo.from_props(read_metadata(source))
+        keras_file = runs_dir / name / ("generator.keras" if info.task == "generate" else "model.keras")
+        keras_model = load_keras(keras_file) if keras_file.exists() else None
+        if fp32 is None:
+            if keras_model is None:
+                print(f"{name}: no fp32 file and no Keras checkpoint; skipped", file=sys.stderr)
+                continue
+            fp32 = export_fp32(keras_model, info)
+        if info.task == "segment":
+            folder = Path(info.card.get("data") or data)
+            real = real_inputs(info, folder if folder.is_dir() else data, info.card.get("held_out"), count)
+        else:
+            real = np.random.default_rng(1).standard_normal((count, info.latent_size), dtype=np.float32)
+        cases.append(Case(name, info, keras_model, fp32, int8, name, real, real[: min(len(real), 32)]))
+    return cases
+
+
+_TMP = tempfile.mkdtemp(prefix="segen-peers-")
+
+
+def export_fp32(keras_model: Any, info: ModelInfo) -> Path:
+    import onnx
+
+    from export.convert import convert
+    from segen_edge.metadata import stamp_onnx
+
+    proto = convert(keras_model, info)
+    stamp_onnx(proto, info.replace(layout="NCHW"))
+    path = Path(_TMP) / f"{info.name}-fp32.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_int8(fp32: Path, info: ModelInfo, calib: np.ndarray) -> Path:
+    import onnx
+
+    from export.calibrate import ArrayReader
+    from export.quantize import Int8Quantizer
+    from segen_edge.metadata import stamp_onnx
+
+    work = Path(tempfile.mkdtemp(dir=_TMP))
+    model_info = ModelInfo.from_props(read_metadata(fp32))
+    reader = ArrayReader(onnx.load(str(fp32)).graph.input[0].name, calib, model_info)
+    proto = Int8Quantizer(onnx.load(str(fp32)), reader, "minmax", work).quantize()
+    stamp_onnx(proto, model_info.replace(precision="int8"))
+    path = Path(_TMP) / f"{info.name}-int8.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+def seed_cases(data: Path, count: int) -> list[Case]:
+    import keras
+
+    from segen_edge.masks import default_palette
+    from train.models.dcgan import build_generator
+    from train.models.fcn import build_fcn
+    from train.models.unet import build_unet
+
+    keras.utils.set_random_seed(0)
+    classes = ("pet", "background", "border")
+    seg = dict(task="segment", image_size=(256, 256), class_names=classes, palette=default_palette(3))
+    specs = [
+        (
+            "seed-unet256",
+            build_unet((256, 256), 3, depth=4, base_filters=32),
+            ModelInfo(arch="unet", name="seed-unet256", **seg),
+        ),
+        (
+            "seed-fcn256",
+            build_fcn((256, 256), 3, base_filters=32, variant="8s"),
+            ModelInfo(arch="fcn8s", name="seed-fcn256", **seg),
+        ),
+        (
+            "seed-dcgan32",
+            build_generator(100, 32, 1, 64),
+            ModelInfo(
+                task="generate",
+                arch="dcgan",
+                name="seed-dcgan32",
+                image_size=(32, 32),
+                channels=1,
+                latent_size=100,
+                pixel_scale=1 / 127.5,
+                pixel_offset=-1.0,
+            ),
+        ),
+    ]
+    cases = []
+    for name, model, info in specs:
+        if info.task == "segment":
+            real = real_inputs(info, data, None, count)
+        else:
+            real = np.random.default_rng(1).standard_normal((count, info.latent_size), dtype=np.float32)
+        fp32 = export_fp32(model, info)
+        int8 = export_int8(fp32, info, real[:16])
+        info = ModelInfo.from_props(read_metadata(fp32))  # the layout the export chose
+        cases.append(
+            Case(
+                name, info, model, fp32, int8, str(int8 if info.task == "segment" else fp32), real, real[:16]
+            )
+        )
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs", help="training run directories")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "pets")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--runs", type=int, default=40, help="timed runs at batch 1")
+    parser.add_argument("--images", type=int, default=24, help="real images for agreement")
+    parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
+    parser.add_argument("--skip-seed", action="store_true", help="bundled models only")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args()
+
+    cases = bundled_cases(args.runs_dir, args.data, args.images)
+    if not args.skip_seed:
+        cases += seed_cases(args.data, args.images)
+    if args.only:
+        cases = [c for c in cases if c.name in args.only]
+    rows = []
+    for case in cases:
+        print(f"{case.name}:", file=sys.stderr)
+        bench_case(case, args.threads, args.runs)
+        rows += report(case)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def report(case: Case) -> list[dict[str, Any]]:
+    rows = case.rows
+    if not rows:
+        return rows
+    keras_row = next((r for r in rows if r["runtime"] == "keras fp32"), None)
+    peers = [r for r in rows if not r["runtime"].startswith("segen-edge")]
+    best1 = min(r["p50_ms"] for r in peers)
+    bestb = max(r["throughput"] for r in peers)
+    unit = "agree" if case.info.task == "segment" else "|px diff|"
+    print(
+        f"\n{case.name} ({case.info.task}, {'x'.join(map(str, case.info.image_size))}, {len(case.real_inputs)} real inputs)"
+    )
+    print(
+        f"{'runtime':<34} {'p50 ms':>8} {'p90 ms':>8} {'img/s@' + str(rows[0]['batch']):>10} "
+        f"{'vs keras':>9} {'vs best peer b1':>16} {'vs best peer bN':>16} {unit:>10}"
+    )
+    for r in rows:
+        vs_keras = f"{keras_row['p50_ms'] / r['p50_ms']:.2f}x" if keras_row else "-"
+        r["speedup_vs_keras"] = keras_row["p50_ms"] / r["p50_ms"] if keras_row else None
+        r["speedup_vs_best_peer_b1"] = best1 / r["p50_ms"]
+        r["speedup_vs_best_peer_bN"] = r["throughput"] / bestb
+        print(
+            f"{r['runtime']:<34} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['throughput']:>10.1f} {vs_keras:>9} "
+            f"{r['speedup_vs_best_peer_b1']:>15.2f}x {r['speedup_vs_best_peer_bN']:>15.2f}x {r['agreement']:>10.4f}"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
