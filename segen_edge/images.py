@@ -177,7 +177,7 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with our own message
-            img = Image.open(fh)
+            img: Image.Image = Image.open(fh)
             width, height = img.size
             if width * height > max_pixels:
                 raise BadInputError(
@@ -186,8 +186,9 @@ def decode_image(
                     "raise it with --max-pixels if the image is genuine"
                 )
             note = ""
-            if getattr(img, "n_frames", 1) > 1:
-                note = f"animated ({img.n_frames} frames): used the first frame"
+            frames = int(getattr(img, "n_frames", 1))
+            if frames > 1:
+                note = f"animated ({frames} frames): used the first frame"
                 img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -297,4 +298,9 @@ def save_image(path: str | Path, image: Image.Image | np.ndarray, fmt: str = "PN
 
 
 def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    data = text.encode("utf-8")
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(data)
+
+    atomic_write(path, write)
