@@ -1,0 +1,105 @@
+"""Calibration data for int8: real images decoded and preprocessed exactly as the runtime does
+(segen_edge.images.load_image + preprocess), or seeded latent vectors for a generator."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from segen_edge.errors import BadInputError
+from segen_edge.images import find_images, load_image, preprocess
+from segen_edge.masks import find_pairs
+from segen_edge.metadata import ModelInfo
+
+from .errors import CalibrationError
+from .inference import to_model_layout
+
+DEFAULT_COUNT = 100
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def calibration_paths(
+    calib_dir: str | Path, count: int, seed: int = 0, exclude: Collection[str] = ()
+) -> list[Path]:
+    """Up to `count` image files under `calib_dir`, a seeded sample in sorted order.
+
+    A data set folder (images/ + masks, as training reads it) gives its images, never its
+    masks; any other folder gives the images in it (recursively). Stems in `exclude` (the
+    held-out split) are left out, so calibration never sees an evaluation image.
+    """
+    root = Path(calib_dir)
+    if not root.is_dir():
+        raise CalibrationError(
+            f"{root}: no such calibration folder; give --calib a folder of training images"
+        )
+    try:
+        found = [pair.image for pair in find_pairs(root, require_masks=False)]
+    except BadInputError:
+        found = []
+    if not found:
+        try:
+            found = [src.path for src in find_images([root], recursive=True)]
+        except BadInputError as exc:
+            raise CalibrationError(f"calibration folder {exc}") from None
+    paths = [p for p in found if p.stem not in exclude]
+    if not paths:
+        held = f" ({len(found)} found, all held out for evaluation)" if found else ""
+        raise CalibrationError(
+            f"{root}: no images to calibrate on{held}; expected PNG, JPEG, BMP, WebP or TIFF "
+            "files; give --calib a folder of training images"
+        )
+    if count < 1:
+        raise CalibrationError(f"--calib-count is {count}; expected at least 1")
+    if count < len(paths):
+        picks = np.random.default_rng(seed).choice(len(paths), size=count, replace=False)
+        paths = [paths[i] for i in sorted(picks)]
+    return paths
+
+
+def load_calibration(paths: list[Path], info: ModelInfo) -> np.ndarray:
+    """Decode and preprocess images into an (N, H, W, C) float32 batch, as inference does."""
+    samples = []
+    for path in paths:
+        try:
+            image_u8 = load_image(path, info.channels).image_u8
+        except BadInputError as exc:
+            raise CalibrationError(
+                f"calibration image {exc}; remove the file or give another --calib folder"
+            ) from None
+        samples.append(preprocess(image_u8, info))
+    return np.stack(samples)
+
+
+def latent_samples(info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal latents, drawn as segen_edge.generate draws them."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((count, info.latent_size), dtype=np.float32)
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds NHWC samples (or latents), one batch at a time, in the model's layout."""
+
+    def __init__(
+        self, input_name: str, samples: np.ndarray, info: ModelInfo, batch_size: int = 1
+    ) -> None:
+        self.input_name = input_name
+        self.samples = samples
+        self.info = info
+        self.batch_size = batch_size
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self.samples):
+            return None
+        batch = self.samples[self._next : self._next + self.batch_size]
+        self._next += self.batch_size
+        return {self.input_name: to_model_layout(batch, self.info)}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)

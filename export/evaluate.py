@@ -1,0 +1,160 @@
+"""Measure an exported model against fp32 on the run's held-out data, and time it.
+
+Segmenters: mIoU against the ground-truth masks of the held-out stems recorded in the run's
+card, scored as training and the runtime score it (argmax at model size, class map resized
+back to the mask's own size by nearest neighbour), and the fraction of pixels whose class
+agrees with fp32. Generators: mean absolute pixel difference from fp32's images for the same
+seeded latents, and the training run's quality score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segen_edge.errors import BadInputError
+from segen_edge.images import load_image, preprocess, resize_u8, to_pixels
+from segen_edge.masks import find_pairs, load_mask
+from segen_edge.metadata import ModelInfo
+from segen_edge.metrics import ConfusionMatrix
+
+from .errors import ExportError
+from .inference import make_session, to_model_layout
+from .run import Run
+
+EVAL_SEED = 1  # generator evaluation latents (calibration uses seed 0)
+EVAL_LATENTS = 256
+
+
+@dataclass
+class HeldOut:
+    """Preprocessed held-out inputs and what to compare outputs with."""
+
+    stems: list[str]
+    inputs: np.ndarray  # (N, H, W, C) preprocessed images, or (N, latent) latents
+    masks: list[np.ndarray]  # ground truth at each mask file's own size (segmenters)
+    note: str = ""
+
+
+def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
+    """The held-out images and masks named in the run's card (or seeded latents)."""
+    info = run.info
+    if info.task == "generate":
+        rng = np.random.default_rng(EVAL_SEED)
+        latents = rng.standard_normal((limit or EVAL_LATENTS, info.latent_size), dtype=np.float32)
+        return HeldOut([], latents, [], f"{len(latents)} latents, seed {EVAL_SEED}")
+    card = run.card
+    data = card.get("data")
+    if not data or not Path(data).is_dir():
+        raise ExportError(
+            f"{run.path}: the card's data folder {data!r} does not exist; evaluation needs the "
+            "held-out images and masks the run was trained with"
+        )
+    stems = list(card.get("held_out") or [])
+    pairs = {p.stem: p for p in find_pairs(data)}
+    note = f"{len(stems)} held-out stems from the card"
+    if not stems:
+        stems = sorted(pairs)
+        note = "no held_out in the card: ALL pairs in the data folder (includes training data)"
+    chosen = [pairs[s] for s in stems if s in pairs]
+    if not chosen:
+        raise ExportError(
+            f"{run.path}: none of the {len(stems)} held-out stems in the card is in {data}; "
+            "give the data folder the run was trained with"
+        )
+    if limit:
+        chosen = chosen[:limit]
+    encoding = card.get("mask_encoding", "auto")
+    inputs, masks = [], []
+    try:
+        for pair in chosen:
+            if pair.mask is None:
+                raise BadInputError(f"{pair.image}: no mask found for this held-out image")
+            inputs.append(preprocess(load_image(pair.image, info.channels).image_u8, info))
+            masks.append(load_mask(pair.mask, encoding))
+    except BadInputError as exc:
+        raise ExportError(f"held-out data: {exc}") from None
+    return HeldOut([p.stem for p in chosen], np.stack(inputs), masks, note)
+
+
+def class_maps(logits: np.ndarray) -> np.ndarray:
+    return np.argmax(logits, axis=-1).astype(np.uint8)
+
+
+def segment_metrics(
+    logits: np.ndarray, held: HeldOut, info: ModelInfo, reference: np.ndarray | None = None
+) -> dict[str, Any]:
+    """mIoU etc. against ground truth; `agreement` with `reference` class maps when given."""
+    labels = class_maps(logits)
+    matrix = ConfusionMatrix(len(info.class_names))
+    for label, mask in zip(labels, held.masks, strict=True):
+        matrix.update(mask, resize_u8(label, mask.shape, nearest=True))
+    out: dict[str, Any] = {
+        "miou": round(matrix.miou(), 5),
+        "pixel_accuracy": round(matrix.pixel_accuracy(), 5),
+    }
+    if reference is not None:
+        out["agreement"] = round(float(np.mean(labels == reference)), 5)
+    return out
+
+
+def generator_metrics(
+    values: np.ndarray,
+    info: ModelInfo,
+    reference_u8: np.ndarray | None,
+    run: Run,
+) -> dict[str, Any]:
+    """Mean absolute difference from fp32 (in 0..255 pixel levels) and the quality score."""
+    images_u8 = to_pixels(values, info)
+    out: dict[str, Any] = {}
+    if reference_u8 is not None:
+        diff = np.abs(images_u8.astype(np.int16) - reference_u8.astype(np.int16))
+        out["mean_abs_diff"] = round(float(diff.mean()), 4)
+    quality = quality_score(run, images_u8)
+    if quality is not None:
+        out["quality"] = quality
+    return out
+
+
+def quality_score(run: Run, images_u8: np.ndarray) -> dict[str, Any] | None:
+    """The training run's GAN quality score (train.quality), or None when it is unavailable."""
+    try:
+        from train import quality
+    except ImportError:
+        return None
+    result = quality.score(images_u8, run.path)
+    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in dict(result).items()}
+
+
+def measure_latency(
+    models: dict[str, Any],
+    sample: np.ndarray,
+    info: ModelInfo,
+    runs: int = 30,
+    warmup: int = 3,
+    threads: int = 1,
+) -> dict[str, float]:
+    """Median milliseconds per call of each model on `sample` (NHWC, one batch).
+
+    The models take turns call by call, so a machine whose load changes (other jobs on a
+    shared CPU) slows them all alike and the comparison stays fair.
+    """
+    sessions = {key: make_session(model, threads) for key, model in models.items()}
+    feeds = {
+        key: {s.get_inputs()[0].name: to_model_layout(sample, info)} for key, s in sessions.items()
+    }
+    for _ in range(warmup):
+        for key, session in sessions.items():
+            session.run(None, feeds[key])
+    times: dict[str, list[float]] = {key: [] for key in sessions}
+    keys = list(sessions)
+    for i in range(runs):
+        for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
+            start = time.perf_counter()
+            sessions[key].run(None, feeds[key])
+            times[key].append(time.perf_counter() - start)
+    return {key: round(float(np.median(t)) * 1e3, 3) for key, t in times.items()}
