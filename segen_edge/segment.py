@@ -262,8 +262,8 @@ class OutputPlan:
     def __init__(self, out_dir: Path, save: Sequence[str], inputs: Sequence[str]) -> None:
         self.out_dir = out_dir
         self.save = tuple(save)
-        out = out_dir.resolve()
-        roots = [_root_of(arg).resolve() for arg in inputs]
+        out = _real(out_dir)
+        roots = [_real(_root_of(arg)) for arg in inputs]
         self.suffixed = any(out == r or r in out.parents for r in roots)
         self._claimed: set[Path] = set()
 
@@ -281,9 +281,15 @@ class OutputPlan:
             "overlay": ".overlay.png",
         }
         out = {kind: base.with_name(base.name + names[kind]) for kind in self.save}
-        if any(p.resolve() == src.path.resolve() for p in out.values()):
+        if any(_real(p) == _real(src.path) for p in out.values()):
             out = {k: base.with_name(base.name + f".{k}.png") for k in self.save}
         return out
+
+
+def _real(path: Path) -> Path:
+    """Path.resolve without its RuntimeError on a symlink loop (Python < 3.13): a looping
+    input is reported by the decoder as one failed file, it must not stop the batch."""
+    return Path(os.path.realpath(path))
 
 
 def _root_of(arg: str) -> Path:
