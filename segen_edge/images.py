@@ -173,6 +173,7 @@ def decode_image(
     if not head:
         raise BadInputError(f"{name}: empty file (0 bytes); {EXPECTED}")
     fh.seek(0)
+    width = height = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -201,6 +202,10 @@ def decode_image(
         raise BadInputError(f"{name}: not a readable image ({_reason(exc)}); {EXPECTED}") from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
         raise BadInputError(f"{name}: {exc}; raise the limit with --max-pixels") from None
+    except MemoryError:  # a header within --max-pixels that still does not fit in memory
+        raise BadInputError(
+            f"{name}: {width}x{height} does not fit in memory; lower --max-pixels to skip such images"
+        ) from None
     return Decoded(array, note)
 
 
