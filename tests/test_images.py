@@ -293,6 +293,17 @@ def test_max_pixels_limit_and_raising_it() -> None:
     assert decode(data, max_pixels=2000).shape == (40, 50, 3)
 
 
+def test_image_that_does_not_fit_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    def out_of_memory(self: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", out_of_memory)
+    with pytest.raises(BadInputError, match=r"img: 50x40 does not fit in memory"):
+        decode(encode(Image.new("RGB", (50, 40)), "PNG"))
+
+
 # -- finding inputs ----------------------------------------------------------------------
 
 

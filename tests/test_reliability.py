@@ -1,0 +1,526 @@
+"""Reliability (issue 7): a corrupted folder, broken models, and interrupted runs lose nothing.
+
+The CLI runs as users run it: through `cli.main` (which maps SegenError to one line and
+exit 1) inside CliRunner's isolation, or as a real subprocess that the tests interrupt with
+SIGINT, SIGTERM and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import _save, make_segmenter, segmenter_info, solid
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from segen_edge import cli
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+CLASS_OF = {RED: 0, GREEN: 1, BLUE: 2}  # the tiny segmenter picks the strongest channel
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def errors(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
+
+
+def segen(*args: str | Path) -> Run:
+    """`segen-edge ARGS` in-process, through the real entry point `cli.main`.
+
+    Any exception that escapes main (a traceback for the user) fails the test.
+    """
+    with CliRunner().isolation() as (out, err, _):
+        code = cli.main([str(a) for a in args])
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    assert "Traceback" not in stderr, stderr
+    return Run(code, stdout, stderr)
+
+
+def load_summary(path: Path) -> dict[str, dict]:
+    document = json.loads(path.read_text())
+    return {Path(e["input"]).as_posix(): e for e in document["images"]} | {"": document}
+
+
+def assert_whole_png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(img)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose IHDR claims width x height: a decompression bomb as far as the header says."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+# -- the corrupted folder ----------------------------------------------------------------
+
+
+@dataclass
+class Folder:
+    root: Path
+    good: dict[str, tuple[int | None, tuple[int, int]]]  # rel -> (class id or None, mask size)
+    bad: dict[str, str]  # rel -> a word the error line must contain
+    note: set[str]  # rels that get a note (animated)
+
+
+def build_corrupted_folder(root: Path) -> Folder:
+    """Good images of every mode beside every kind of bad input issue 7 lists."""
+    good: dict[str, tuple[int | None, tuple[int, int]]] = {}
+
+    def add(rel: str, colour: tuple[int, int, int] | None, size: tuple[int, int], img: Image.Image) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, **({"save_all": True} if "anim" in rel else {}))
+        good[rel] = (CLASS_OF.get(colour) if colour else None, size)
+
+    def rgb(colour: tuple[int, int, int], size: tuple[int, int] = (12, 18)) -> Image.Image:
+        return Image.new("RGB", (size[1], size[0]), colour)
+
+    add("red.png", RED, (12, 18), rgb(RED))
+    add("green.jpg", GREEN, (12, 18), rgb(GREEN))
+    add("a/dup.png", RED, (12, 18), rgb(RED))  # same stem in three places
+    add("b/dup.png", GREEN, (12, 18), rgb(GREEN))
+    add("a/dup.jpg", BLUE, (7, 9), rgb(BLUE, (7, 9)))
+    add("modes/grey.png", None, (5, 6), Image.new("L", (6, 5), 90))
+    add("modes/la.png", None, (5, 6), Image.new("LA", (6, 5), (90, 200)))
+    add("modes/rgba.png", BLUE, (5, 6), Image.new("RGBA", (6, 5), (*BLUE, 255)))
+    palette = Image.new("P", (6, 5), 1)
+    palette.putpalette([0, 0, 0, *GREEN] + [0] * 762)
+    add("modes/palette.png", GREEN, (5, 6), palette)
+    palette_t = palette.copy()
+    palette_t.info["transparency"] = 0
+    add("modes/palette_t.png", GREEN, (5, 6), palette_t)
+    add("modes/wide16.png", None, (4, 7), Image.fromarray(np.full((4, 7), 40000, np.uint16)))
+    add("modes/cmyk.jpg", RED, (8, 8), Image.new("CMYK", (8, 8), (0, 255, 255, 0)))
+    add("formats/t.tif", GREEN, (6, 4), rgb(GREEN, (6, 4)))
+    add("formats/w.webp", BLUE, (6, 4), rgb(BLUE, (6, 4)))
+    add("formats/b.bmp", RED, (6, 4), rgb(RED, (6, 4)))
+    add("formats/dot.png", RED, (1, 1), rgb(RED, (1, 1)))
+    exif_img = rgb(RED, (10, 16))
+    exif = exif_img.getexif()
+    exif[0x0112] = 6
+    exif_img.save(root / "exif6.jpg", exif=exif)
+    good["exif6.jpg"] = (0, (16, 10))  # rotated: the mask has the displayed size
+    anim_gif = rgb(GREEN)
+    anim_gif.save(root / "anim.gif", save_all=True, append_images=[rgb(RED)], duration=50)
+    good["anim.gif"] = (1, (12, 18))
+    anim_webp = rgb(BLUE)
+    anim_webp.save(root / "anim.webp", save_all=True, append_images=[rgb(RED)], duration=50, lossless=True)
+    good["anim.webp"] = (2, (12, 18))
+
+    bad: dict[str, str] = {}
+    (root / "bad").mkdir()
+    (root / "bad/empty.jpg").write_bytes(b"")
+    bad["bad/empty.jpg"] = "empty file"
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for fmt, rel in (("JPEG", "bad/cut.jpg"), ("PNG", "bad/cut.png")):
+        buffer = io.BytesIO()
+        noise.save(buffer, format=fmt)
+        (root / rel).write_bytes(buffer.getvalue()[: buffer.tell() // 2])
+        bad[rel] = "truncated"
+    (root / "bad/letter.jpg").write_text("Dear user, this is not a photo.\n")
+    bad["bad/letter.jpg"] = "not an image"
+    (root / "bad/bomb.png").write_bytes(png_header_only(60_000, 60_000))
+    bad["bad/bomb.png"] = "--max-pixels"
+    (root / "bad/dead.png").symlink_to(root / "bad/nowhere.png")
+    bad["bad/dead.png"] = "broken symlink"
+    (root / "bad/loop.png").symlink_to(root / "bad/loop.png")
+    bad["bad/loop.png"] = "symlink loop"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "bad/pipe.png")
+        bad["bad/pipe.png"] = "not a regular file"
+
+    # ignored without complaint: non-image files, folders named like images, folder loops,
+    # and outputs of an earlier run
+    (root / "notes.txt").write_text("not an image, not an image name")
+    (root / "Thumbs.db").write_bytes(b"\0" * 10)
+    (root / "folder.png").mkdir()
+    (root / "a" / "up").symlink_to(root)
+    solid(root / "old.mask.png", RED)
+    return Folder(root, good, bad, {"anim.gif", "anim.webp"})
+
+
+@pytest.fixture()
+def corrupted(tmp_path: Path) -> Folder:
+    return build_corrupted_folder(tmp_path / "in")
+
+
+def test_corrupted_folder(corrupted: Folder, seg_model: Path, tmp_path: Path) -> None:
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    args = ("segment", corrupted.root, "-m", seg_model, "-o", out, "--recursive", "--device", "cpu")
+    run = segen(*args, "--summary", summary, "--max-pixels", "1000000", "--batch-size", "3")
+    assert run.code == 1, run.stderr
+
+    # each bad file: exactly one error line, naming it and the reason; nothing else fails
+    assert len(run.errors) == len(corrupted.bad), run.stderr
+    for rel, reason in corrupted.bad.items():
+        lines = [line for line in run.errors if str(corrupted.root / rel) + ":" in line]
+        assert len(lines) == 1, (rel, run.errors)
+        assert reason in lines[0], lines[0]
+    for rel in corrupted.note:
+        assert f"{rel}: animated (2 frames): used the first frame" in run.stderr
+    assert (
+        f"{len(corrupted.good)} segmented, 0 skipped (outputs exist), {len(corrupted.bad)} failed"
+        in run.stderr
+    )
+
+    # every good image has its own mask, at its own (displayed) size, with the right class
+    entries = load_summary(summary)
+    document = entries.pop("")
+    assert document["counts"] == {"ok": len(corrupted.good), "skipped": 0, "failed": len(corrupted.bad)}
+    assert document["interrupted"] is False
+    listed = {Path(k).relative_to(corrupted.root).as_posix(): v for k, v in entries.items()}
+    assert set(listed) == set(corrupted.good) | set(corrupted.bad)  # the summary lists all
+    masks = []
+    for rel, (class_id, size) in corrupted.good.items():
+        entry = listed[rel]
+        assert entry["status"] == "ok", entry
+        (mask_path,) = map(Path, entry["outputs"])
+        assert out in mask_path.parents
+        assert mask_path.parent == out / Path(rel).parent  # the input tree is mirrored
+        mask = assert_whole_png(mask_path)
+        assert mask.shape == size, rel
+        if class_id is not None:
+            assert (mask == class_id).all(), rel
+        assert entry["size"] == list(size)
+        masks.append(mask_path)
+    assert len(set(masks)) == len(masks)  # no two inputs share an output
+    for rel in corrupted.bad:
+        assert listed[rel]["status"] == "failed" and listed[rel]["error"]
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    assert written == sorted(masks)  # nothing else: no temporary files, no masks of bad inputs
+
+    # a re-run skips everything that is done; the bad files fail again
+    before = {p: p.stat().st_mtime_ns for p in masks}
+    again = segen(*args, "--summary", summary, "--max-pixels", "1000000")
+    assert again.code == 1
+    assert again.stdout == ""
+    assert f"0 segmented, {len(corrupted.good)} skipped (outputs exist)" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in masks} == before
+    assert load_summary(summary)[""]["counts"]["skipped"] == len(corrupted.good)
+
+    # --overwrite writes them all again
+    for p in masks:
+        os.utime(p, ns=(1, 1))
+    forced = segen(*args, "--overwrite", "--max-pixels", "1000000")
+    assert f"{len(corrupted.good)} segmented, 0 skipped" in forced.stderr
+    assert all(p.stat().st_mtime_ns != 1 for p in masks)
+
+    # --max-pixels: a genuine 1.2 megapixel image fails under 1,000,000 and passes over it
+    big = corrupted.root / "big.png"
+    Image.new("RGB", (1200, 1000), GREEN).save(big, compress_level=1)
+    small = segen(*args, "--max-pixels", "1000000")
+    (line,) = [line for line in small.errors if "big.png" in line]
+    assert "1200x1000 is 1,200,000 pixels, over the limit of 1,000,000" in line and "--max-pixels" in line
+    raised = segen(*args, "--max-pixels", "2000000")
+    assert not [line for line in raised.errors if "big.png" in line]
+    assert (assert_whole_png(out / "big.png") == 1).all()
+    assert len(raised.errors) == len(corrupted.bad)  # the bomb is still refused
+
+
+def test_default_max_pixels_refuses_a_bomb_by_header(seg_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    run = segen("segment", tmp_path / "in", "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu")
+    assert run.code == 1
+    (line,) = run.errors
+    assert "bomb.png: 100000x100000 is 10,000,000,000 pixels" in line and "--max-pixels" in line
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("by", ["folder", "glob", "files"])
+def test_out_equal_to_input_never_overwrites_and_never_feeds_itself(
+    seg_model: Path, tmp_path: Path, by: str
+) -> None:
+    folder = tmp_path / "photos"
+    solid(folder / "red.png", RED)
+    solid(folder / "red.jpg", GREEN)  # same stem, another suffix
+    solid(folder / "blue.png", BLUE)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    inputs = _digest(folder)
+    given = {
+        "folder": [folder],
+        "glob": [str(folder / "*.png"), str(folder / "*.jpg")],
+        "files": sorted(folder.iterdir()),
+    }[by]
+    args = (
+        "segment",
+        *given,
+        "-m",
+        seg_model,
+        "-o",
+        folder,
+        "--save",
+        "mask,color,overlay",
+        "--device",
+        "cpu",
+    )
+    first = segen(*args)
+    assert first.code == 1  # broken.png
+    assert len(first.errors) == 1 and "broken.png" in first.errors[0]
+    after = _digest(folder)
+    assert {k: after[k] for k in inputs} == inputs  # no input touched
+    made = sorted(set(after) - set(inputs))
+    second_red = "red_jpg" if by == "glob" else "red_png"  # the later of red.jpg/red.png in input order
+    assert made == sorted(
+        f"{stem}.{kind}.png" for stem in ("blue", "red", second_red) for kind in ("mask", "color", "overlay")
+    )
+    for name in made:
+        assert_whole_png(folder / name)
+
+    second = segen(*args)  # the outputs are not inputs now
+    assert "0 segmented, 3 skipped (outputs exist), 1 failed" in second.stderr
+    assert _digest(folder) == after
+
+
+# -- broken and mismatched models --------------------------------------------------------
+
+
+def _fixed_shape_segmenter(path: Path, shape: list[int | str]) -> Path:
+    weight = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["image", "w"], ["logits"])], "g", [x], [y], [weight]
+    )
+    return _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, segmenter_info()
+    )
+
+
+@pytest.fixture(scope="module")
+def odd_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("odd-models")
+    (folder / "text.onnx").write_text("this is not a model\n")
+    (folder / "empty.onnx").write_bytes(b"")
+    real = make_segmenter(folder / "real.onnx", segmenter_info())
+    (folder / "half.onnx").write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    _fixed_shape_segmenter(folder / "fixed32.onnx", ["N", 32, 32, 3])
+    _fixed_shape_segmenter(folder / "batch1.onnx", [1, 16, 16, 3])
+    return folder
+
+
+def _one_error_line(run: Run) -> str:
+    assert run.code == 1, (run.code, run.stderr)
+    assert len(run.errors) == 1, run.stderr
+    assert run.stdout == ""
+    return run.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("text.onnx", "not a valid ONNX model"),
+        ("empty.onnx", "not a valid ONNX model"),
+        ("half.onnx", "not a valid ONNX model"),
+        ("missing.onnx", "model file not found"),
+        ("fixed32.onnx", "the graph takes input ['N', 32, 32, 3] but its metadata says 16x16x3"),
+    ],
+)
+def test_broken_model_is_one_clear_line(
+    odd_models: Path, photo_dir: Path, tmp_path: Path, name: str, expected: str
+) -> None:
+    run = segen("segment", photo_dir, "-m", odd_models / name, "-o", tmp_path / "out", "--device", "cpu")
+    line = _one_error_line(run)
+    assert name in line and expected in line, line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_graph_with_fixed_batch_of_one_takes_any_batch_size(
+    odd_models: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    args = ("segment", photo_dir, "-m", odd_models / "batch1.onnx", "-o", tmp_path / "o", "--device", "cpu")
+    run = segen(*args, "--batch-size", "2")
+    assert run.code == 0, run.stderr
+    assert (assert_whole_png(tmp_path / "o" / "blue.png") == 2).all()
+
+
+def test_bare_onnx_lists_what_is_missing_then_runs_with_flags(
+    models_dir: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    bare = models_dir / "bare-seg.onnx"
+    base = ("segment", photo_dir, "-m", bare, "-o", tmp_path / "out", "--device", "cpu")
+    line = _one_error_line(segen(*base))
+    assert "no segen.* metadata" in line
+    for flag in ("--image-size", "--pixel-scale", "--class-names"):
+        assert flag in line, line
+    line = _one_error_line(segen(*base, "--class-names", "r,g,b"))
+    assert "segen.task" in line and "segen.image_size" in line, line  # exactly what is missing
+    line = _one_error_line(segen(*base, "--image-size", "16", "16", "--class-names", "r,g"))
+    assert "outputs 3 classes" in line and "names 2" in line, line
+
+    run = segen(*base, "--image-size", "16", "16", "--class-names", "r,g,b", "--pixel-scale", "0.00392")
+    assert run.code == 0, run.stderr
+    assert (assert_whole_png(tmp_path / "out" / "green.png") == 1).all()
+
+
+def test_generator_given_to_segment_and_segmenter_to_generate(
+    seg_model: Path, gen_model: Path, models_dir: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    line = _one_error_line(segen("segment", photo_dir, "-m", gen_model, "-o", tmp_path, "--device", "cpu"))
+    assert "is a generate model" in line and "segen-edge generate" in line
+    gen = ("generate", "-n", "2", "--seed", "1", "-o", tmp_path / "g", "--device", "cpu")
+    line = _one_error_line(segen(*gen, "-m", seg_model))
+    assert "is a segment model" in line and "segen-edge segment" in line
+    bare_gen = models_dir / "bare-gen.onnx"
+    args = ("segment", photo_dir, "-m", bare_gen, "-o", tmp_path, "--device", "cpu")
+    line = _one_error_line(segen(*args, "--image-size", "16", "16", "--class-names", "a,b,c"))
+    assert "input has shape" in line and "segment" in line, line
+    assert not (tmp_path / "g").exists()
+
+
+# -- interrupted runs --------------------------------------------------------------------
+
+KILL_IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """KILL_IMAGES copies of a 256x256 noise JPEG (about 1.5 s of work on a busy 2-core box)."""
+    folder = tmp_path_factory.mktemp("many")
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "im0000.jpg", quality=90)
+    for i in range(1, KILL_IMAGES):
+        shutil.copyfile(folder / "im0000.jpg", folder / f"im{i:04d}.jpg")
+    return folder
+
+
+def _start(folder: Path, model: Path, out: Path, summary: Path) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "segen_edge.cli", "segment", str(folder), "-m", str(model)]
+    command += ["-o", str(out), "--device", "cpu", "--batch-size", "4", "--summary", str(summary)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_outputs(process: subprocess.Popen[str], out: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.is_dir() and any(out.glob("*.png")):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"segment ended before any output: {process.communicate()[1]}")
+        time.sleep(0.005)
+    process.kill()
+    pytest.fail("no output appeared")
+
+
+def _pngs(out: Path) -> list[Path]:
+    return sorted(out.glob("*.png"))
+
+
+def _leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if p.name.endswith(".part") or p.name.startswith("."))
+
+
+def _resume(folder: Path, model: Path, out: Path, done_before: int) -> None:
+    summary = out.parent / "resume.json"
+    run = segen("segment", folder, "-m", model, "-o", out, "--device", "cpu", "--summary", summary)
+    assert run.code == 0, run.stderr
+    counts = json.loads(summary.read_text())["counts"]
+    assert counts == {"ok": KILL_IMAGES - done_before, "skipped": done_before, "failed": 0}
+    masks = _pngs(out)
+    assert [p.stem for p in masks] == sorted(p.stem for p in folder.iterdir())
+    for path in masks:
+        assert assert_whole_png(path).shape == (256, 256)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_cleanly_and_rerun_completes(
+    many_photos: Path, seg_model: Path, tmp_path: Path, signum: int
+) -> None:
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    process = _start(many_photos, seg_model, out, summary)
+    _wait_for_outputs(process, out)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast for this test)")
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopping after the files in flight" in stderr
+    assert "interrupted; run the same command again" in stderr
+
+    masks = _pngs(out)
+    assert 0 < len(masks) < KILL_IMAGES
+    for path in masks:
+        assert_whole_png(path)
+    assert _leftovers(out) == []
+    # what it says it did is what it did: the printed paths and the count
+    printed = [Path(line) for line in stdout.splitlines()]
+    assert sorted(printed) == masks
+    assert f"{len(masks)} segmented" in stderr
+    document = json.loads(summary.read_text())
+    assert document["interrupted"] is True and document["counts"]["ok"] == len(masks)
+
+    _resume(many_photos, seg_model, out, len(masks))
+
+
+def test_sigkill_leaves_only_whole_pngs_and_rerun_completes(
+    many_photos: Path, seg_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    process = _start(many_photos, seg_model, out, tmp_path / "summary.json")
+    _wait_for_outputs(process, out)
+    time.sleep(0.05)
+    process.kill()
+    process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the kill arrived")
+    masks = _pngs(out)
+    for path in masks:  # a kill may leave a hidden .part temp file, never a torn PNG
+        assert_whole_png(path)
+    assert all(name.endswith(".part") for name in _leftovers(out))
+    _resume(many_photos, seg_model, out, len(masks))
+
+
+def test_second_sigint_aborts_without_traceback_or_torn_files(seg_model: Path, tmp_path: Path) -> None:
+    """Ctrl-C twice: the in-flight batch is abandoned, yet every PNG on disk is whole."""
+    folder, out = tmp_path / "big", tmp_path / "out"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "im000.jpg", quality=90)
+    for i in range(1, 48):
+        shutil.copyfile(folder / "im000.jpg", folder / f"im{i:03d}.jpg")
+    process = _start(folder, seg_model, out, tmp_path / "summary.json")
+    _wait_for_outputs(process, out)
+    process.send_signal(signal.SIGINT)
+    assert process.stderr is not None
+    first = process.stderr.readline()  # the handler has run: the next Ctrl-C aborts
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signals arrived")
+    assert "Ctrl-C again to abort" in first
+    assert process.returncode == 130
+    assert "Traceback" not in rest, rest
+    for path in _pngs(out):
+        assert_whole_png(path)
+    assert _leftovers(out) == []
