@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --precision {args.precision!r}: expected a comma-separated list of "
               f"{', '.join(PRECISIONS)}", file=sys.stderr)
         return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     try:
         from .exporter import ExportOptions, export_run
 

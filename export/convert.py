@@ -12,6 +12,7 @@ on this project's CPU that graph is faster than the NHWC one (see the export rep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,8 @@ def load_keras(path: str | Path) -> Any:
     """Load a .keras file for inference (no optimizer state)."""
     import keras
 
-    try:  # the training package registers its custom layers, if it has any
+    with contextlib.suppress(ImportError):  # registers the training code's custom layers
         import train.models  # noqa: F401
-    except ImportError:
-        pass
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many kinds for a bad file

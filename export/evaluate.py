@@ -66,8 +66,9 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
             f"{run.path}: none of the {len(stems)} held-out stems in the card is in {data}; "
             "give the data folder the run was trained with"
         )
-    if limit:
+    if limit and limit < len(chosen):
         chosen = chosen[:limit]
+        note = f"the first {limit} of {note}"
     encoding = card.get("mask_encoding", "auto")
     inputs, masks = [], []
     try:

@@ -327,7 +327,7 @@ def _write(
     version = exporter_version()
     for _ in range(4):
         blobs = {}
-        for precision, path in targets.items():
+        for precision in targets:
             stamped = info.replace(
                 precision=precision,
                 exporter_version=version,
