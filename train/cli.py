@@ -1,0 +1,103 @@
+"""`python -m train` / `segen-edge train`: unet | fcn | dcgan subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from segen_edge.errors import SegenError
+from segen_edge.masks import ENCODINGS
+
+
+def _common(parser: argparse.ArgumentParser, size: tuple[int, int], epochs: int,
+            batch: int) -> None:
+    parser.add_argument("--data", required=True, help="data set folder")
+    parser.add_argument("--image-size", nargs=2, type=int, default=list(size),
+                        metavar=("H", "W"), help=f"model input (default {size[0]} {size[1]})")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch)
+    parser.add_argument("--out", help="run directory (default runs/NAME)")
+    parser.add_argument("--name", help="model name, e.g. unet-pets (default: the run folder)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true", help="start --out afresh")
+    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
+                        help="Keras progress: 1 bar, 2 one line per epoch")
+
+
+def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
+    parser = sub.add_parser(arch, help=f"train a {'U-Net' if arch == 'unet' else 'FCN'} segmenter")
+    _common(parser, (160, 160), 40, 8)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-count", type=int, help="hold out exactly N pairs")
+    parser.add_argument("--mask-encoding", choices=ENCODINGS, default="auto")
+    parser.add_argument("--class-names", nargs="+", help="one name per class id")
+    parser.add_argument("--channels", type=int, choices=(1, 3),
+                        help="1 grey or 3 RGB (default: as the first image)")
+    parser.add_argument("--base-filters", type=int, default=16 if arch == "unet" else 32)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--patience", type=int, default=12, help="early stopping (0: off)")
+    parser.add_argument("--vflip", action="store_true", help="also flip vertically")
+    parser.add_argument("--max-zoom", type=float, default=1.25)
+    parser.add_argument("--jitter", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="passes over the training set per epoch (default: enough for "
+                             "--min-samples)")
+    parser.add_argument("--min-samples", type=int, default=200)
+    if arch == "unet":
+        parser.add_argument("--depth", type=int, default=4)
+    else:
+        parser.add_argument("--variant", choices=("8s", "32s"), default="8s")
+    parser.set_defaults(arch=arch, depth=4, variant="8s", lr_default=1e-3)
+
+
+def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train segen-edge Keras models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _segmenter(sub, "unet")
+    _segmenter(sub, "fcn")
+    gan = sub.add_parser("dcgan", help="train a DCGAN on MNIST-style IDX files or images")
+    _common(gan, (32, 32), 10, 64)
+    gan.add_argument("--channels", type=int, choices=(1, 3), default=1)
+    gan.add_argument("--latent-size", type=int, default=100)
+    gan.add_argument("--filters", type=int, default=64, help="generator's last width")
+    gan.add_argument("--d-filters", type=int, default=64, help="discriminator's first width")
+    gan.add_argument("--limit", type=int, help="use only the first N training images")
+    gan.add_argument("--samples", type=int, default=1000, help="images the quality score uses")
+    gan.add_argument("--classifier-cache", help="folder caching the quality classifier "
+                                                "(default: the run directory)")
+    gan.set_defaults(arch="dcgan", lr_default=2e-4)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    if args.lr is None:
+        args.lr = args.lr_default
+    args.name = args.name or (Path(args.out).name if args.out else f"{args.arch}-"
+                              f"{Path(args.data).resolve().name}")
+    args.out = args.out or str(Path("runs") / args.name)
+    command = f"{prog} {shlex.join(argv)}"
+    try:
+        import keras  # noqa: F401  (fail early and clearly without the train extra)
+    except ImportError:
+        print("error: training needs TensorFlow and Keras; install them with: "
+              "pip install 'segen-edge[train]'", file=sys.stderr)
+        return 1
+    try:
+        if args.arch == "dcgan":
+            from .gan import train_gan
+
+            train_gan(args, command)
+        else:
+            from .segment import train_segmenter
+
+            train_segmenter(args, command)
+    except SegenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
