@@ -90,16 +90,22 @@ class ArrayReader(CalibrationDataReader):
         self.info = info
         self.batch_size = batch_size
         self._next = 0
+        self._end = len(samples)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.samples):
+        if self._next >= self._end:
             return None
-        batch = self.samples[self._next : self._next + self.batch_size]
-        self._next += self.batch_size
+        stop = min(self._next + self.batch_size, self._end)
+        batch = self.samples[self._next : stop]
+        self._next = stop
         return {self.input_name: to_model_layout(batch, self.info)}
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Feed only samples[start_index:end_index] (the quantizer's strided calibration)."""
+        self._next, self._end = start_index, min(end_index, len(self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -49,6 +49,7 @@ class ExportOptions:
     calib_method: str = "minmax"
     out_dir: Path | None = None  # None: RUN_DIR/onnx
     max_drop: float = 0.01
+    reduce_range: bool = False  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
     name: str | None = None
     layout: str = "NCHW"
     overwrite: bool = False
@@ -275,6 +276,7 @@ def _calibration_data(
     if info.task == "generate":
         latents = latent_samples(info, count, CALIBRATION_SEED)
         meta = {"method": options.calib_method, "count": count, "kind": "latent vectors",
+                "reduce_range": options.reduce_range,
                 "seed": CALIBRATION_SEED}
         return latents, meta
     calib_dir = options.calib_dir or card.get("data")
@@ -282,6 +284,7 @@ def _calibration_data(
         raise ExportError("the run's card names no training data; give --calib DIR")
     paths = calibration_paths(calib_dir, count, CALIBRATION_SEED, exclude=set(held.stems))
     meta = {"method": options.calib_method, "count": len(paths), "kind": "images",
+            "reduce_range": options.reduce_range,
             "source": str(calib_dir), "seed": CALIBRATION_SEED,
             "held_out_excluded": bool(held.stems)}
     return load_calibration(paths, info), meta
@@ -298,7 +301,9 @@ def _int8(
 ) -> Int8Result:
     reader = ArrayReader(proto.graph.input[0].name, calib, info)
     with tempfile.TemporaryDirectory(prefix="segen-int8-") as workdir:
-        quantizer = Int8Quantizer(proto, reader, options.calib_method, workdir)
+        quantizer = Int8Quantizer(
+            proto, reader, options.calib_method, workdir, reduce_range=options.reduce_range
+        )
         probe = calib[:SENSITIVITY_SAMPLES]
         probe_reference = run(make_session(proto), probe, info)
 

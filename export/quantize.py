@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,12 +46,13 @@ CALIBRATION_METHODS = {
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the quantization tools' advice and float16's truncation warnings."""
+    """Silence the quantization tools' advice and float16's truncation warnings, and keep
+    the calibrators' print()s off stdout (which carries the report)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -100,6 +102,11 @@ class Int8Quantizer:
         options: dict[str, Any] = {}
         if self.method == "percentile":
             options["CalibPercentile"] = 99.999
+        if not self.cache.exists() and hasattr(self.reader, "__len__"):
+            # Calibrate in slices: the calibrators keep every intermediate tensor of what
+            # they are fed at once, gigabytes for 100 images through a U-Net.
+            total = len(self.reader)
+            options["CalibStridedMinMax"] = max(d for d in range(1, 17) if total % d == 0)
         with _quiet():
             quantize_static(
                 str(self.prepared),
