@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import BadInputError
+from .errors import BadInputError, SegenError
 from .metadata import ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -277,18 +277,37 @@ def to_pixels(values: np.ndarray, info: ModelInfo) -> np.ndarray:
 # -- writing -----------------------------------------------------------------------------
 
 
+class WriteError(SegenError, OSError):
+    """An output that cannot be written. An OSError, so a batch counts it as one failed file;
+    a SegenError, so elsewhere (--summary, --grid, --json) the CLI prints one line, exit 1."""
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file whole or not at all: temporary file beside it, then rename."""
+    """Write a file whole or not at all: temporary file beside it, then rename.
+
+    Operating-system failures (no such folder, read-only, disk full) raise WriteError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+
+    def fail(exc: OSError) -> WriteError:
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            return WriteError(f"{path}: cannot write: a file stands where a folder should be; pick another")
+        return WriteError(f"{path}: cannot write ({exc.strerror or exc}); check the folder is writable")
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise fail(exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise fail(exc) from None
         raise
 
 

@@ -25,6 +25,7 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     Decoded,
     Source,
+    WriteError,
     glob_root,
     load_image,
     preprocess,
@@ -219,7 +220,8 @@ class Segmenter(Model):
             for kind, path in item.targets.items():
                 save_image(path, writers[kind]())
         except OSError as exc:
-            return ImageResult(item.source, "failed", error=f"{path}: cannot write ({exc})")
+            error = str(exc) if isinstance(exc, WriteError) else f"{path}: cannot write ({exc})"
+            return ImageResult(item.source, "failed", error=error)
         return ImageResult(
             item.source,
             "ok",
