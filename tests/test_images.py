@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segen_edge.errors import BadInputError
+from segen_edge.errors import BadInputError, SegenError
 from segen_edge.images import (
+    WriteError,
     atomic_write,
     decode_image,
     find_images,
@@ -431,6 +432,22 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -
         atomic_write(target, lambda fh: (fh.write(b"new"), (_ for _ in ()).throw(KeyboardInterrupt)))
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["mask.png"]
+
+
+def test_atomic_write_where_it_cannot_is_a_write_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(
+        WriteError, match=r"afile/m\.png: cannot write: a file stands where a folder"
+    ) as caught:
+        save_image(tmp_path / "afile" / "m.png", np.zeros((2, 2), np.uint8))
+    assert isinstance(caught.value, OSError) and isinstance(caught.value, SegenError)
+
+    def disk_full(fh: io.BufferedWriter) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteError, match=r"m\.png: cannot write \(No space left on device\)"):
+        atomic_write(tmp_path / "m.png", disk_full)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_save_image_writes_whole_pngs(tmp_path: Path) -> None:

@@ -155,6 +155,9 @@ def build_corrupted_folder(root: Path) -> Folder:
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "bad/pipe.png")
         bad["bad/pipe.png"] = "not a regular file"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root reads anything
+        solid(root / "bad/secret.png", RED).chmod(0)
+        bad["bad/secret.png"] = "permission denied"
 
     # ignored without complaint: non-image files, folders named like images, folder loops,
     # and outputs of an earlier run
@@ -300,6 +303,25 @@ def test_out_equal_to_input_never_overwrites_and_never_feeds_itself(
     second = segen(*args)  # the outputs are not inputs now
     assert "0 segmented, 3 skipped (outputs exist), 1 failed" in second.stderr
     assert _digest(folder) == after
+
+
+def test_unwritable_outputs_are_one_line_each(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file, not a folder")
+    run = segen("segment", photo_dir, "-m", seg_model, "-o", blocker, "--device", "cpu")
+    assert run.code == 1
+    assert len(run.errors) == 3  # each image is one failed file, the batch goes on
+    assert all("cannot write: a file stands where a folder should be" in line for line in run.errors)
+    assert "0 segmented, 0 skipped (outputs exist), 3 failed" in run.stderr
+
+    out = tmp_path / "out"
+    run = segen(
+        "segment", photo_dir, "-m", seg_model, "-o", out, "--summary", blocker / "s.json", "--device", "cpu"
+    )
+    assert run.code == 1
+    (line,) = run.errors
+    assert "s.json: cannot write" in line
+    assert len(list(out.glob("*.png"))) == 3  # the masks were written before the summary failed
 
 
 # -- broken and mismatched models --------------------------------------------------------
