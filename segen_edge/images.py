@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import os
 import stat
@@ -60,34 +61,41 @@ def is_image_name(path: Path) -> bool:
 
 
 def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterator[Source]:
-    """Yield the images named by files, folders or glob patterns, lazily, in sorted order.
+    """The images named by files, folders or glob patterns, lazily, in sorted order.
 
     A file given by name is yielded whatever its suffix (so a bad one gets a clear error);
     folders yield only files with image suffixes. Symlinked folders are followed once with
-    --recursive; loops are skipped. Nothing found for an argument is an error naming it.
+    --recursive; loops are skipped. An argument that names nothing is a BadInputError raised
+    here, before anything is yielded, so a typo never leaves a batch half done.
     """
+    parts: list[Callable[[], Iterator[Source]]] = []
     for arg in inputs:
         text = str(arg)
         path = Path(text)
         if path.is_dir():
-            yield from _walk(path, recursive)
+            parts.append(functools.partial(_walk, path, recursive))
         elif path.exists() or path.is_symlink():
-            yield Source(path, Path(path.name))
+            parts.append(functools.partial(iter, [Source(path, Path(path.name))]))
         elif glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=recursive))
             if not matches:
                 raise BadInputError(f"{text}: the pattern matches no file; check the quotes and path")
-            root = glob_root(text)
-            for match in matches:
-                m = Path(match)
-                if m.name.lower().endswith(OUTPUT_SUFFIXES):
-                    continue  # our own outputs: a re-run with --out inside the input folder
-                if m.is_dir():
-                    yield from _walk(m, recursive)
-                else:  # mirror the tree under the pattern's fixed part: d1/a.png, d2/a.png
-                    yield Source(m, Path(os.path.relpath(m, root)))
+            parts.append(functools.partial(_matches, text, matches, recursive))
         else:
             raise BadInputError(f"{text}: no such file or folder")
+    return (source for part in parts for source in part())
+
+
+def _matches(pattern: str, matches: list[str], recursive: bool) -> Iterator[Source]:
+    root = glob_root(pattern)
+    for match in matches:
+        m = Path(match)
+        if m.name.lower().endswith(OUTPUT_SUFFIXES):
+            continue  # our own outputs: a re-run with --out inside the input folder
+        if m.is_dir():
+            yield from _walk(m, recursive)
+        else:  # mirror the tree under the pattern's fixed part: d1/a.png, d2/a.png
+            yield Source(m, Path(os.path.relpath(m, root)))
 
 
 def glob_root(pattern: str) -> Path:
