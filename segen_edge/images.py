@@ -38,6 +38,7 @@ class Source:
 
     path: Path
     rel: Path
+    error: str = ""  # set when the input is known to be unusable before decoding
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
     A file given by name is yielded whatever its suffix (so a bad one gets a clear error);
     folders yield only files with image suffixes. Symlinked folders are followed once with
     --recursive; loops are skipped. An argument that names nothing is a BadInputError raised
-    here, before anything is yielded, so a typo never leaves a batch half done.
+    here, before anything is yielded, so a typo never leaves a batch half done; a folder that
+    cannot be listed is yielded as a Source with an `error`, so the batch goes on.
     """
     parts: list[Callable[[], Iterator[Source]]] = []
     for arg in inputs:
@@ -122,8 +124,10 @@ def _walk(root: Path, recursive: bool) -> Iterator[Source]:
         seen.add(key)
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            raise BadInputError(f"{folder}: cannot list the folder ({exc.strerror})") from None
+        except OSError as exc:  # e.g. lost+found on a mounted disk: one failure, not the end
+            why = f"{folder}: cannot list the folder ({exc.strerror}); check its permissions"
+            yield Source(folder, folder.relative_to(root), error=why)
+            return
         subfolders = []
         for entry in entries:
             p = Path(entry.path)

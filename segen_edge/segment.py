@@ -171,10 +171,12 @@ class Segmenter(Model):
         """
         workers = workers or max(2, (os.cpu_count() or 2))
         window = max(batch_size * 3, workers * 2)
-        planned = ((src, plan.targets(src)) for src in sources)  # naming stays in order
+        planned = ((src, {} if src.error else plan.targets(src)) for src in sources)  # names in order
 
         def load(item: tuple[Source, dict[str, Path]]) -> _Loaded | ImageResult:
             src, targets = item
+            if src.error:
+                return ImageResult(src, "failed", error=src.error)
             if not overwrite and all(p.exists() for p in targets.values()):
                 return self._skipped(src, targets)
             try:
