@@ -349,6 +349,30 @@ def test_find_named_files_whatever_their_suffix(tree: Path) -> None:
         list(find_images([tree / "missing.png"]))
 
 
+def test_find_checks_every_argument_before_yielding(tree: Path) -> None:
+    with pytest.raises(BadInputError, match=r"typo\.png: no such file or folder"):
+        find_images([tree, tree / "typo.png"])  # raised at the call, not half way through
+    with pytest.raises(BadInputError, match="matches no file"):
+        find_images([tree, str(tree / "*.nothing")])
+
+
+def test_find_reports_a_folder_it_cannot_list_and_goes_on(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_scandir = os.scandir
+
+    def scandir(path: object) -> object:
+        if str(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    found = list(find_images([tree], recursive=True))
+    assert rels(found) == ["a.jpg", "b.png", "other/a.jpg", "sub"]
+    (locked,) = [s for s in found if s.error]
+    assert locked.rel == Path("sub") and "cannot list the folder (Permission denied)" in locked.error
+
+
 def test_find_yields_broken_symlinks_so_they_are_reported(tree: Path) -> None:
     (tree / "dead.png").symlink_to(tree / "nowhere.png")
     assert "dead.png" in rels(find_images([tree]))

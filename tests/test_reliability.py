@@ -247,6 +247,32 @@ def test_corrupted_folder(corrupted: Folder, seg_model: Path, tmp_path: Path) ->
     assert len(raised.errors) == len(corrupted.bad)  # the bomb is still refused
 
 
+def test_locked_subfolder_and_a_typo(
+    corrupted: Folder, seg_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    base = ("segment", corrupted.root, "-m", seg_model, "-o", out, "--device", "cpu")
+    typo = segen(*base, corrupted.root / "no-such-photo.jpg")
+    assert typo.code == 1 and len(typo.errors) == 1 and "no-such-photo.jpg: no such file" in typo.errors[0]
+    assert not out.exists()  # stopped before any work
+
+    real_scandir = os.scandir
+    locked = corrupted.root / "modes"
+
+    def scandir(path: object) -> object:
+        if Path(str(path)) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    run = segen(*base, "--recursive")
+    assert run.code == 1
+    lines = [line for line in run.errors if "modes" in line]
+    assert lines == [f"error: {locked}: cannot list the folder (Permission denied); check its permissions"]
+    expected_ok = len([rel for rel in corrupted.good if not rel.startswith("modes/")])
+    assert f"{expected_ok} segmented" in run.stderr
+
+
 def test_default_max_pixels_refuses_a_bomb_by_header(seg_model: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
