@@ -85,7 +85,19 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
             parts.append(functools.partial(_matches, text, matches, recursive))
         else:
             raise BadInputError(f"{text}: no such file or folder")
-    return (source for part in parts for source in part())
+    return _once(source for part in parts for source in part())
+
+
+def _once(sources: Iterator[Source]) -> Iterator[Source]:
+    """Each file once, however many arguments name it (`photos photos/a.png ./photos/a.png`).
+    Paths are compared as written (absolute, normalized), not through symlinks: a link is
+    its own input."""
+    seen: set[str] = set()
+    for source in sources:
+        key = os.path.abspath(source.path)
+        if key not in seen:
+            seen.add(key)
+            yield source
 
 
 def _matches(pattern: str, matches: list[str], recursive: bool) -> Iterator[Source]:
