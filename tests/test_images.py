@@ -349,6 +349,14 @@ def test_find_named_files_whatever_their_suffix(tree: Path) -> None:
         list(find_images([tree / "missing.png"]))
 
 
+def test_find_yields_each_file_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree.parent)
+    found = list(find_images(["in", "in/b.png", "./in/b.png", str(tree / "b.png"), "in/*.png"]))
+    assert rels(found) == ["a.jpg", "b.png"]
+    (tree / "link.png").symlink_to(tree / "b.png")  # a link is an input of its own
+    assert rels(find_images([tree])) == ["a.jpg", "b.png", "link.png"]
+
+
 def test_find_checks_every_argument_before_yielding(tree: Path) -> None:
     with pytest.raises(BadInputError, match=r"typo\.png: no such file or folder"):
         find_images([tree, tree / "typo.png"])  # raised at the call, not half way through
