@@ -9,6 +9,7 @@ seeded latents, and the training run's quality score.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,10 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
     """The held-out images and masks named in the run's card (or seeded latents)."""
     info = run.info
     if info.task == "generate":
+        scorer = quality_scorer(run)  # as many samples as the training's score used
+        count = limit or (scorer.info.get("samples") if scorer else None) or EVAL_LATENTS
         rng = np.random.default_rng(EVAL_SEED)
-        latents = rng.standard_normal((limit or EVAL_LATENTS, info.latent_size), dtype=np.float32)
+        latents = rng.standard_normal((count, info.latent_size), dtype=np.float32)
         return HeldOut([], latents, [], f"{len(latents)} latents, seed {EVAL_SEED}")
     card = run.card
     data = card.get("data")
@@ -107,28 +110,51 @@ def generator_metrics(
     values: np.ndarray,
     info: ModelInfo,
     reference_u8: np.ndarray | None,
-    run: Run,
+    run: Run | None,
 ) -> dict[str, Any]:
-    """Mean absolute difference from fp32 (in 0..255 pixel levels) and the quality score."""
+    """Mean absolute difference from fp32 (in 0..255 pixel levels) and, given the run, the
+    training's quality score."""
     images_u8 = to_pixels(values, info)
     out: dict[str, Any] = {}
     if reference_u8 is not None:
         diff = np.abs(images_u8.astype(np.int16) - reference_u8.astype(np.int16))
         out["mean_abs_diff"] = round(float(diff.mean()), 4)
-    quality = quality_score(run, images_u8)
+    quality = quality_score(run, images_u8) if run is not None else None
     if quality is not None:
         out["quality"] = quality
     return out
 
 
-def quality_score(run: Run, images_u8: np.ndarray) -> dict[str, Any] | None:
-    """The training run's GAN quality score (train.quality), or None when it is unavailable."""
+def quality_scorer(run: Run) -> Any | None:
+    """The training run's GAN quality scorer (train.quality), or None when the run has none.
+
+    Looked for where the card says the classifier is cached, then in the run folder."""
     try:
-        from train import quality
+        from train.quality import CLASSIFIER_INFO, QualityScorer
     except ImportError:
         return None
-    result = quality.score(images_u8, run.path)
-    return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in dict(result).items()}
+    card = run.card
+    candidates = [card.get(key) for key in ("classifier_cache", "quality_cache")]
+    quality = card.get("quality")
+    if isinstance(quality, dict):
+        candidates.append(quality.get("classifier_cache"))
+    candidates += [run.path, run.path / "quality", run.path / "classifier"]
+    for folder in candidates:
+        if folder and (Path(folder) / CLASSIFIER_INFO).is_file():
+            return _load_scorer(str(folder), QualityScorer)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _load_scorer(folder: str, scorer_class: Any) -> Any:
+    return scorer_class.load(folder)
+
+
+def quality_score(run: Run, images_u8: np.ndarray) -> dict[str, Any] | None:
+    scorer = quality_scorer(run)
+    if scorer is None:
+        return None
+    return dict(scorer.score(images_u8))
 
 
 def measure_latency(

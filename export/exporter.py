@@ -130,7 +130,8 @@ class ExportReport:
         if self.task == "segment":
             quality_cols = [("mIoU", "miou"), ("agree", "agreement")]
         else:
-            quality_cols = [("MAD", "mean_abs_diff"), ("quality", "quality")]
+            quality_cols = [("MAD", "mean_abs_diff"), ("FD", "quality.frechet_distance"),
+                            ("confident", "quality.confident_fraction")]
         head = ["precision", "size MB", "vs fp32"] + [c for c, _ in quality_cols]
         head += ["ms/img", "speedup", "file"]
         lines = [head]
@@ -138,7 +139,7 @@ class ExportReport:
             ratio = r.size_bytes / fp32.size_bytes if fp32 else 1.0
             speed = (fp32.latency_ms / r.latency_ms) if fp32 and fp32.latency_ms and r.latency_ms else None
             cells = [r.precision, f"{r.size_bytes / 1e6:.2f}", f"{ratio:.0%}"]
-            cells += [_fmt(r.metrics.get(key)) for _, key in quality_cols]
+            cells += [_fmt(_lookup(r.metrics, key)) for _, key in quality_cols]
             cells += [_fmt(r.latency_ms, 2), f"{speed:.2f}x" if speed else "-"]
             cells.append(r.path.name if r.path else "(reference, not written)")
             lines.append(cells)
@@ -164,12 +165,16 @@ class ExportReport:
         return "\n".join(text)
 
 
+def _lookup(metrics: dict[str, Any], dotted: str) -> Any:
+    value: Any = metrics
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
-    if isinstance(value, dict):  # a quality score: show its first number
-        numbers = [v for v in value.values() if isinstance(v, (int, float))]
-        return _fmt(numbers[0], digits) if numbers else "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -229,11 +234,12 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
     reference_labels = class_maps(reference) if segment else None
     fp32_u8 = None if segment else to_pixels(reference, info)
 
-    def measure(model: Any) -> dict[str, Any]:
+    def measure(model: Any, full: bool = True) -> dict[str, Any]:
+        """Held-out figures; `full=False` skips the (slow) GAN quality score."""
         outputs = run(make_session(model), held.inputs, info)
         if segment:
             return segment_metrics(outputs, held, info, reference_labels)
-        return generator_metrics(outputs, info, fp32_u8, run_info)
+        return generator_metrics(outputs, info, fp32_u8, run_info if full else None)
 
     models: dict[str, Any] = {"fp32": proto}
     metrics: dict[str, dict[str, Any]] = {"fp32": measure(proto)}
@@ -245,7 +251,7 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
     if calib is not None:
         result = _int8(proto, calib, info, options, metrics["fp32"], measure, progress)
         models["int8"] = result.model
-        metrics["int8"] = measure(result.model)
+        metrics["int8"] = result.metrics if segment else measure(result.model)
         report.excluded_nodes = result.excluded
         report.sensitivity = result.sensitivity
         report.within_budget = result.within_budget
@@ -296,7 +302,7 @@ def _int8(
     info: ModelInfo,
     options: ExportOptions,
     fp32_metrics: dict[str, Any],
-    measure: Callable[[Any], dict[str, Any]],
+    measure: Callable[..., dict[str, Any]],
     progress: Callable[[str], None],
 ) -> Int8Result:
     reader = ArrayReader(proto.graph.input[0].name, calib, info)
@@ -307,11 +313,11 @@ def _int8(
         probe = calib[:SENSITIVITY_SAMPLES]
         probe_reference = run(make_session(proto), probe, info)
 
-        def drop_of(model: Any) -> float:
-            got = measure(model)
+        def drop_of(model: Any) -> tuple[float, dict[str, Any]]:
+            got = measure(model, full=False)
             if info.task == "segment":
-                return float(fp32_metrics["miou"]) - float(got["miou"])
-            return float(got["mean_abs_diff"]) / 255.0  # fraction of the pixel range
+                return float(fp32_metrics["miou"]) - float(got["miou"]), got
+            return float(got["mean_abs_diff"]) / 255.0, got  # fraction of the pixel range
 
         def rank() -> list[tuple[str, float]]:
             return rank_sensitivity(quantizer, probe, probe_reference, info, progress)

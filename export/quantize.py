@@ -153,6 +153,7 @@ def rank_sensitivity(
 class Int8Result:
     model: onnx.ModelProto
     drop: float  # what `drop_of` measured on the final model
+    metrics: dict[str, Any]  # and the figures it measured them from
     excluded: list[str] = field(default_factory=list)  # nodes left in float
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     within_budget: bool = True
@@ -160,25 +161,25 @@ class Int8Result:
 
 def quantize_within_budget(
     quantizer: Int8Quantizer,
-    drop_of: Callable[[onnx.ModelProto], float],
+    drop_of: Callable[[onnx.ModelProto], tuple[float, dict[str, Any]]],
     max_drop: float,
     rank: Callable[[], list[tuple[str, float]]],
     progress: Callable[[str], None] = lambda _: None,
 ) -> Int8Result:
-    """Quantize everything; while `drop_of(model)` exceeds `max_drop`, leave the next most
-    sensitive node (from `rank()`) in float and quantize again."""
+    """Quantize everything; while the drop `drop_of(model)` measures exceeds `max_drop`,
+    leave the next most sensitive node (from `rank()`) in float and quantize again."""
     model = quantizer.quantize()
-    drop = drop_of(model)
+    drop, metrics = drop_of(model)
     progress(f"int8, all weighted nodes quantized: drop {drop:.4f}")
     if drop <= max_drop:
-        return Int8Result(model, drop)
+        return Int8Result(model, drop, metrics)
     ranking = rank()
     excluded: list[str] = []
     for node, _ in ranking:
         excluded.append(node)
         model = quantizer.quantize(exclude=excluded)
-        drop = drop_of(model)
+        drop, metrics = drop_of(model)
         progress(f"int8 with {len(excluded)} node(s) in float (+{node}): drop {drop:.4f}")
         if drop <= max_drop:
-            return Int8Result(model, drop, excluded, ranking)
-    return Int8Result(model, drop, excluded, ranking, within_budget=False)
+            return Int8Result(model, drop, metrics, excluded, ranking)
+    return Int8Result(model, drop, metrics, excluded, ranking, within_budget=False)
