@@ -177,7 +177,7 @@ class Segmenter(Model):
             src, targets = item
             if src.error:
                 return ImageResult(src, "failed", error=src.error)
-            if not overwrite and all(p.exists() for p in targets.values()):
+            if not overwrite and all(p.is_file() for p in targets.values()):
                 return self._skipped(src, targets)
             try:
                 decoded = load_image(src.path, self.info.channels, max_pixels)
