@@ -341,6 +341,15 @@ def test_unwritable_outputs_are_one_line_each(seg_model: Path, photo_dir: Path, 
     assert "0 segmented, 0 skipped (outputs exist), 3 failed" in run.stderr
 
     out = tmp_path / "out"
+    (out / "red.png").mkdir(parents=True)  # a folder where an output goes: not "done"
+    run = segen("segment", photo_dir, "-m", seg_model, "-o", out, "--device", "cpu")
+    assert run.code == 1
+    (line,) = run.errors
+    assert line.startswith(f"error: {out / 'red.png'}: cannot write (Is a directory)"), line
+    assert "2 segmented, 0 skipped (outputs exist), 1 failed" in run.stderr
+    assert [p.name for p in out.iterdir() if p.name.endswith(".part")] == []
+    (out / "red.png").rmdir()
+
     run = segen(
         "segment", photo_dir, "-m", seg_model, "-o", out, "--summary", blocker / "s.json", "--device", "cpu"
     )
