@@ -1,0 +1,181 @@
+"""GAN quality score: a small CNN classifier trained on the same real data judges samples.
+
+Reported: the fraction of samples classified with confidence >= 0.9, the fraction of samples
+per class (coverage) and its minimum, and the Frechet distance between samples and real
+images in the classifier's feature space, beside the floor: the same distance between two
+disjoint halves of real images of the same size. Works on plain uint8 arrays (N, H, W, C),
+so ONNX outputs can be scored as well as Keras ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+from segen_edge.errors import BadInputError
+
+from .data import GanData, _to_channels, fit_images
+from .rundir import read_json, save_model, write_json
+
+CONFIDENCE = 0.9
+CLASSIFIER = "classifier.keras"
+REFERENCE = "classifier-reference.npz"
+CLASSIFIER_INFO = "classifier.json"
+
+
+def build_classifier(image_size: tuple[int, int], channels: int, num_classes: int) -> keras.Model:
+    """Small CNN: strided convs -> 128-d 'features' -> class logits. Input in [-1, 1]."""
+    images = keras.Input((*image_size, channels), name="image")
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(images)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv2")(x)
+    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv3")(x)
+    x = layers.Conv2D(128, 3, strides=2, padding="same", activation="relu", name="conv4")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    features = layers.Dense(128, activation="relu", name="features")(x)
+    x = layers.Dropout(0.3, name="dropout")(features)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(images, logits, name="quality_classifier")
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (n, d) and b (m, d)."""
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a = np.cov(a, rowvar=False)
+    cov_b = np.cov(b, rowvar=False)
+    # tr(sqrt(A B)) = tr(sqrt(sqrt(A) B sqrt(A))), all symmetric, via eigendecompositions.
+    vals, vecs = np.linalg.eigh(cov_a)
+    root_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    middle = root_a @ cov_b @ root_a
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+class QualityScorer:
+    """Scores generated uint8 images against the real data its classifier learned."""
+
+    def __init__(self, classifier: keras.Model, reference: np.ndarray, floor: float,
+                 class_names: tuple[str, ...], info: dict[str, Any]) -> None:
+        self.classifier = classifier
+        self.features = keras.Model(classifier.input,
+                                    [classifier.get_layer("features").output, classifier.output])
+        self.reference = reference  # features of real images (n, d)
+        self.floor = floor
+        self.class_names = class_names
+        self.info = info
+        self.image_size = tuple(classifier.input_shape[1:3])
+        self.channels = int(classifier.input_shape[-1])
+
+    # -- building -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, cache_dir: str | Path) -> QualityScorer:
+        cache = Path(cache_dir)
+        try:
+            classifier = keras.models.load_model(cache / CLASSIFIER)
+            reference = np.load(cache / REFERENCE)
+            info = read_json(cache / CLASSIFIER_INFO)
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"{cache}: no usable quality classifier ({exc}); train one "
+                                "with 'python -m train dcgan'") from None
+        return cls(classifier, reference["features"], float(reference["floor"]),
+                   tuple(info["class_names"]), info)
+
+    @classmethod
+    def load_or_train(cls, cache_dir: str | Path, data: GanData, seed: int = 0,
+                      samples: int = 1000, epochs: int = 2) -> QualityScorer:
+        """Load the cached classifier for this data set, or train and cache it."""
+        cache = Path(cache_dir)
+        size = tuple(int(v) for v in data.images_u8.shape[1:3])
+        channels = int(data.images_u8.shape[-1])
+        if (cache / CLASSIFIER_INFO).is_file():
+            info = read_json(cache / CLASSIFIER_INFO)
+            if (info.get("dataset") == data.name and tuple(info.get("image_size", ())) == size
+                    and info.get("channels") == channels and info.get("samples") == samples):
+                return cls.load(cache)
+        if data.labels is None:
+            raise BadInputError(f"{data.name}: the quality score needs class labels (MNIST "
+                                "label files, or one subfolder per class)")
+        num_classes = int(data.labels.max()) + 1
+        keras.utils.set_random_seed(seed)
+        classifier = build_classifier(size, channels, num_classes)
+        classifier.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        x = _scale(data.images_u8)
+        print(f"quality: training the {data.name} classifier on {len(x)} real images", flush=True)
+        classifier.fit(x, data.labels, batch_size=128, epochs=epochs, verbose=2, shuffle=True)
+        if data.test_images_u8 is not None and data.test_labels is not None:
+            real_u8, real_labels = data.test_images_u8, data.test_labels
+        else:
+            real_u8, real_labels = data.images_u8, data.labels
+        order = np.random.default_rng(seed).permutation(len(real_u8))
+        n = min(samples, len(real_u8) // 2)
+        half_a, half_b = order[:n], order[n : 2 * n]
+        real_logits = classifier.predict(_scale(real_u8), batch_size=256, verbose=0)
+        accuracy = float((np.argmax(real_logits, axis=-1) == real_labels).mean())
+        feature_model = keras.Model(classifier.input, classifier.get_layer("features").output)
+        feats_a = feature_model.predict(_scale(real_u8[half_a]), batch_size=256, verbose=0)
+        feats_b = feature_model.predict(_scale(real_u8[half_b]), batch_size=256, verbose=0)
+        floor = frechet_distance(feats_b, feats_a)
+        info = {"dataset": data.name, "image_size": list(size), "channels": channels,
+                "samples": samples, "class_names": list(data.class_names or
+                                                        [str(i) for i in range(num_classes)]),
+                "real_accuracy": round(accuracy, 4), "epochs": epochs, "seed": seed}
+        cache.mkdir(parents=True, exist_ok=True)
+        save_model(classifier, cache / CLASSIFIER)
+        np.savez(cache / REFERENCE, features=feats_a, floor=np.float64(floor))
+        write_json(cache / CLASSIFIER_INFO, info)
+        print(f"quality: classifier accuracy on real images {accuracy:.4f}, "
+              f"real-vs-real Frechet floor {floor:.3f}", flush=True)
+        return cls(classifier, feats_a, floor, tuple(info["class_names"]), info)
+
+    # -- scoring ------------------------------------------------------------------------
+
+    def score(self, images_u8: np.ndarray) -> dict[str, Any]:
+        """Quality of generated uint8 images (N, H, W, C) (or (N, H, W) grey)."""
+        images_u8 = np.asarray(images_u8)
+        if images_u8.ndim == 3:
+            images_u8 = images_u8[..., None]
+        if images_u8.ndim != 4 or images_u8.dtype != np.uint8:
+            raise BadInputError(f"quality score: got {images_u8.dtype} {images_u8.shape}; "
+                                "expected uint8 images (N, H, W, C)")
+        images_u8 = _to_channels(fit_images(images_u8, self.image_size), self.channels)
+        feats, logits = _predict(self.features, _scale(images_u8))
+        probs = _softmax(np.asarray(logits, dtype=np.float64))
+        classes = probs.argmax(axis=-1)
+        coverage = np.bincount(classes, minlength=probs.shape[-1]) / len(classes)
+        fd = frechet_distance(np.asarray(feats, dtype=np.float64), self.reference)
+        return {
+            "samples": len(images_u8),
+            "confident_fraction": round(float((probs.max(axis=-1) >= CONFIDENCE).mean()), 4),
+            "confidence_threshold": CONFIDENCE,
+            "class_coverage": {n: round(float(c), 4)
+                               for n, c in zip(self.class_names, coverage, strict=True)},
+            "min_class_coverage": round(float(coverage.min()), 4),
+            "frechet_distance": round(fd, 4),
+            "frechet_floor_real_vs_real": round(self.floor, 4),
+            "classifier_real_accuracy": self.info.get("real_accuracy"),
+        }
+
+
+def _predict(model: keras.Model, x: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, ...]:
+    """Call the model in batches (no tf.function retracing, unlike predict per call)."""
+    parts = [[keras.ops.convert_to_numpy(o) for o in model(x[i : i + batch_size])]
+             for i in range(0, len(x), batch_size)]
+    return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
+
+
+def _scale(images_u8: np.ndarray) -> np.ndarray:
+    return images_u8.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
