@@ -49,7 +49,7 @@ class ExportOptions:
     calib_method: str = "minmax"
     out_dir: Path | None = None  # None: RUN_DIR/onnx
     max_drop: float = 0.01
-    reduce_range: bool = False  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
+    reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
     name: str | None = None
     layout: str = "NCHW"
     overwrite: bool = False
