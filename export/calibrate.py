@@ -22,12 +22,12 @@ METHODS = ("minmax", "entropy", "percentile")
 
 
 def calibration_paths(
-    calib_dir: str | Path, count: int, seed: int = 0, exclude: Collection[str] = ()
+    calib_dir: str | Path, count: int, seed: int = 0, exclude: Collection[Path] = ()
 ) -> list[Path]:
     """Up to `count` image files under `calib_dir`, a seeded sample in sorted order.
 
     A data set folder (images/ + masks, as training reads it) gives its images, never its
-    masks; any other folder gives the images in it (recursively). Stems in `exclude` (the
+    masks; any other folder gives the images in it (recursively). The files in `exclude` (the
     held-out split) are left out, so calibration never sees an evaluation image.
     """
     root = Path(calib_dir)
@@ -44,7 +44,8 @@ def calibration_paths(
             found = [src.path for src in find_images([root], recursive=True)]
         except BadInputError as exc:
             raise CalibrationError(f"calibration folder {exc}") from None
-    paths = [p for p in found if p.stem not in exclude]
+    skip = {p.resolve() for p in exclude}
+    paths = [p for p in found if p.resolve() not in skip]
     if not paths:
         held = f" ({len(found)} found, all held out for evaluation)" if found else ""
         raise CalibrationError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class HeldOut:
     inputs: np.ndarray  # (N, H, W, C) preprocessed images, or (N, latent) latents
     masks: list[np.ndarray]  # ground truth at each mask file's own size (segmenters)
     note: str = ""
+    paths: list[Path] = field(default_factory=list)  # all held-out image files (segmenters)
 
 
 def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
@@ -69,6 +70,7 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
             f"{run.path}: none of the {len(stems)} held-out stems in the card is in {data}; "
             "give the data folder the run was trained with"
         )
+    held_paths = [p.image for p in chosen]  # all of them, kept out of calibration
     if limit and limit < len(chosen):
         chosen = chosen[:limit]
         note = f"the first {limit} of {note}"
@@ -82,7 +84,9 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
             masks.append(load_mask(pair.mask, encoding))
     except BadInputError as exc:
         raise ExportError(f"held-out data: {exc}") from None
-    return HeldOut([p.stem for p in chosen], np.stack(inputs), masks, note)
+    return HeldOut(
+        [p.stem for p in chosen], np.stack(inputs), masks, note, held_paths
+    )
 
 
 def class_maps(logits: np.ndarray) -> np.ndarray:

@@ -288,7 +288,7 @@ def _calibration_data(
     calib_dir = options.calib_dir or card.get("data")
     if not calib_dir:
         raise ExportError("the run's card names no training data; give --calib DIR")
-    paths = calibration_paths(calib_dir, count, CALIBRATION_SEED, exclude=set(held.stems))
+    paths = calibration_paths(calib_dir, count, CALIBRATION_SEED, exclude=held.paths)
     meta = {"method": options.calib_method, "count": len(paths), "kind": "images",
             "reduce_range": options.reduce_range,
             "source": str(calib_dir), "seed": CALIBRATION_SEED,
