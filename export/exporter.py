@@ -8,6 +8,7 @@ measured here for all precisions.
 
 from __future__ import annotations
 
+import os
 import platform
 import tempfile
 from collections.abc import Callable
@@ -105,7 +106,9 @@ class ExportReport:
             "verified_max_abs_diff": self.verify_max_diff,
             "held_out": self.held_out,
             "precisions": {
-                r.precision: {k: v for k, v in r.to_json().items() if k not in ("precision", "file")}
+                r.precision: {
+                    k: v for k, v in r.to_json().items() if k not in ("precision", "file")
+                }
                 for r in self.rows
             },
             "latency": self.latency,
@@ -137,7 +140,9 @@ class ExportReport:
         lines = [head]
         for r in self.rows:
             ratio = r.size_bytes / fp32.size_bytes if fp32 else 1.0
-            speed = (fp32.latency_ms / r.latency_ms) if fp32 and fp32.latency_ms and r.latency_ms else None
+            speed = None
+            if fp32 and fp32.latency_ms and r.latency_ms:
+                speed = fp32.latency_ms / r.latency_ms
             cells = [r.precision, f"{r.size_bytes / 1e6:.2f}", f"{ratio:.0%}"]
             cells += [_fmt(_lookup(r.metrics, key)) for _, key in quality_cols]
             cells += [_fmt(r.latency_ms, 2), f"{speed:.2f}x" if speed else "-"]
@@ -149,7 +154,10 @@ class ExportReport:
             f"{'dynamic' if self.dynamic_size else 'fixed'} size; ONNX vs Keras max |diff| "
             f"{self.verify_max_diff:.2g}; evaluated on {self.held_out}"
         ]
-        text += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+        text += [
+            "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
+            for line in lines
+        ]
         if self.calibration:
             cal = self.calibration
             text.append(
@@ -184,10 +192,29 @@ def exporter_version() -> str:
     import onnxruntime
     import tf2onnx
 
-    return f"segen-edge {__version__} (tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__})"
+    return (
+        f"segen-edge {__version__} "
+        f"(tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__})"
+    )
 
 
-def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda _: None) -> ExportReport:
+def cpu_description() -> str:
+    """The CPU's model name and the SIMD features that decide int8 speed on x86."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
+                 if ln.startswith("model name")), platform.machine())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                      if ln.startswith("flags")), []))
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(simd) or 'no AVX2'}; {os.cpu_count()} cores)"
+
+
+def export_run(
+    options: ExportOptions, progress: Callable[[str], None] = lambda _: None
+) -> ExportReport:
     """Run the whole export; raise a SegenError (one clear line) when something is wrong."""
     bad = [p for p in options.precisions if p not in PRECISIONS]
     if bad or not options.precisions:
@@ -262,7 +289,7 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
     latency = measure_latency(models, sample, info, runs=options.latency_runs)
     report.latency = {
         "batch": 1, "threads": 1, "runs": options.latency_runs,
-        "cpu": platform.processor() or platform.machine(), "provider": "CPUExecutionProvider",
+        "cpu": cpu_description(), "provider": "CPUExecutionProvider",
     }
     for precision in models:
         report.rows.append(
