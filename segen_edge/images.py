@@ -237,6 +237,8 @@ def _reason(exc: BaseException) -> str:
     text = str(exc)
     if "truncated" in text.lower() or isinstance(exc, EOFError):
         return "truncated file"
+    if text.startswith(("decoder error", "decoding error", "broken data stream")):
+        return f"damaged image data: {text}"  # Pillow's bare codec status, e.g. 'decoder error -2'
     return text[:80] or type(exc).__name__
 
 
