@@ -8,6 +8,7 @@ folder, then a rename, so a reader never sees half a PNG.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import glob
@@ -189,10 +190,33 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MA
         raise BadInputError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 
 
+@functools.cache
+def _silence_libtiff() -> None:
+    """Stop libtiff printing its own warnings and errors on the process's stderr.
+
+    For a damaged TIFF it writes lines such as 'tempfile.tif: Using code not yet in table.',
+    which name no file and arrive in pieces that interleave with our one-line errors; the
+    failure itself still reaches us through Pillow as an exception. Best effort: the handlers
+    are found through /proc (Linux); elsewhere nothing changes.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1]}
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                setter = getattr(lib, name)
+                setter.restype, setter.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+                setter(None)
+    except (OSError, AttributeError):
+        pass
+
+
 def decode_image(
     fh: IO[bytes], channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>"
 ) -> Decoded:
     """Decode an open binary file. Any failure is a BadInputError naming `name`."""
+    _silence_libtiff()
     head = fh.read(1)
     if not head:
         raise BadInputError(f"{name}: empty file (0 bytes); {EXPECTED}")
