@@ -10,6 +10,8 @@ import io
 import itertools
 import os
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -208,6 +210,30 @@ def test_truncated_file(tmp_path: Path, fmt: str, keep: float) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(BadInputError, match=r"cut\.\w+: not a readable image \(truncated file\)"):
         load_image(path)
+
+
+def test_damaged_tiffs_fail_without_libtiff_chatter(tmp_path: Path) -> None:
+    """libtiff prints its own warnings on fd 2 (naming no file): none may reach the user."""
+    noise = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    whole = encode(Image.fromarray(noise), "TIFF", compression="tiff_lzw")
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        damaged = bytearray(whole)
+        for at in rng.integers(0, len(damaged), 3):
+            damaged[at] = int(rng.integers(0, 256))
+        (tmp_path / f"t{i:02d}.tif").write_bytes(bytes(damaged))
+    script = (
+        "import sys, pathlib; from segen_edge.images import load_image\n"
+        "failed = 0\n"
+        "for p in sorted(pathlib.Path(sys.argv[1]).glob('*.tif')):\n"
+        "    try: load_image(p)\n"
+        "    except ValueError: failed += 1\n"
+        "print(failed)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0
+    assert int(done.stdout) > 10  # most of them are really broken
+    assert done.stderr == ""
 
 
 def test_text_file_with_image_suffix(tmp_path: Path) -> None:
