@@ -12,6 +12,7 @@ import ctypes
 import errno
 import functools
 import glob
+import logging
 import os
 import stat
 import tempfile
@@ -191,14 +192,18 @@ def load_image(path: str | Path, channels: int = 3, max_pixels: int = DEFAULT_MA
 
 
 @functools.cache
-def _silence_libtiff() -> None:
-    """Stop libtiff printing its own warnings and errors on the process's stderr.
+def _quiet_decoders() -> None:
+    """Stop decoders printing on the process's stderr; their failures still reach us as
+    exceptions, which become our one line naming the file.
 
-    For a damaged TIFF it writes lines such as 'tempfile.tif: Using code not yet in table.',
-    which name no file and arrive in pieces that interleave with our one-line errors; the
-    failure itself still reaches us through Pillow as an exception. Best effort: the handlers
-    are found through /proc (Linux); elsewhere nothing changes.
+    - Pillow logs some failures ('More samples per pixel than can be decoded: 2048') to the
+      'PIL' logger, which Python prints on stderr when nothing is configured: a NullHandler
+      stops that, and an application that configures logging still gets the records.
+    - libtiff prints warnings such as 'tempfile.tif: Using code not yet in table.' straight
+      to fd 2, in pieces that split our lines. Its handlers are switched off, found through
+      /proc/self/maps (best effort: Linux only).
     """
+    logging.getLogger("PIL").addHandler(logging.NullHandler())
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "libtiff" in line.rsplit("/", 1)[-1]}
@@ -216,7 +221,7 @@ def decode_image(
     fh: IO[bytes], channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>"
 ) -> Decoded:
     """Decode an open binary file. Any failure is a BadInputError naming `name`."""
-    _silence_libtiff()
+    _quiet_decoders()
     head = fh.read(1)
     if not head:
         raise BadInputError(f"{name}: empty file (0 bytes); {EXPECTED}")
