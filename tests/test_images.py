@@ -212,8 +212,9 @@ def test_truncated_file(tmp_path: Path, fmt: str, keep: float) -> None:
         load_image(path)
 
 
-def test_damaged_tiffs_fail_without_libtiff_chatter(tmp_path: Path) -> None:
-    """libtiff prints its own warnings on fd 2 (naming no file): none may reach the user."""
+def test_damaged_tiffs_fail_without_decoder_chatter(tmp_path: Path) -> None:
+    """libtiff prints warnings on fd 2 and Pillow logs some TIFF errors, naming no file:
+    none of it may reach the user, whose stderr holds our one line per file."""
     noise = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
     whole = encode(Image.fromarray(noise), "TIFF", compression="tiff_lzw")
     rng = np.random.default_rng(3)
@@ -222,6 +223,10 @@ def test_damaged_tiffs_fail_without_libtiff_chatter(tmp_path: Path) -> None:
         for at in rng.integers(0, len(damaged), 3):
             damaged[at] = int(rng.integers(0, 256))
         (tmp_path / f"t{i:02d}.tif").write_bytes(bytes(damaged))
+    plain = bytearray(encode(Image.new("RGB", (4, 3)), "TIFF"))
+    at = plain.find(b"\x15\x01\x03\x00\x01\x00\x00\x00")  # SamplesPerPixel, SHORT, 1 value
+    plain[at + 8 : at + 10] = (2048).to_bytes(2, "little")  # Pillow logs 'More samples per pixel ...'
+    (tmp_path / "spp.tif").write_bytes(bytes(plain))
     script = (
         "import sys, pathlib; from segen_edge.images import load_image\n"
         "failed = 0\n"
