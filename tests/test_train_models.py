@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow")
-import keras  # noqa: E402
+import keras
 
-from segen_edge.errors import BadInputError  # noqa: E402
-from train.models import (  # noqa: E402
+from segen_edge.errors import BadInputError
+from train.models import (
     GAN,
     build_discriminator,
     build_fcn,
     build_generator,
     build_unet,
 )
-from train.models.fcn import bilinear_kernel  # noqa: E402
+from train.models.fcn import bilinear_kernel
 
 
 def test_unet_shapes_and_real_skip_concatenations() -> None:

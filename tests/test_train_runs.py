@@ -13,11 +13,11 @@ from PIL import Image
 
 pytest.importorskip("tensorflow")
 
-from segen_edge.images import preprocess  # noqa: E402
-from segen_edge.masks import Pair, find_pairs  # noqa: E402
-from segen_edge.metadata import ModelInfo  # noqa: E402
-from train.cli import main  # noqa: E402
-from train.data import (  # noqa: E402
+from segen_edge.images import preprocess
+from segen_edge.masks import Pair, find_pairs
+from segen_edge.metadata import ModelInfo
+from train.cli import main
+from train.data import (
     Augment,
     SegmentationBatches,
     fit_images,

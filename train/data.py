@@ -20,7 +20,7 @@ import numpy as np
 
 from segen_edge.errors import BadInputError
 from segen_edge.images import find_images, load_image, resize_u8
-from segen_edge.masks import IGNORE_INDEX, Pair, load_mask
+from segen_edge.masks import Pair, load_mask
 
 # -- splits ------------------------------------------------------------------------------
 

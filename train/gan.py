@@ -15,7 +15,7 @@ from segen_edge.errors import BadInputError
 from segen_edge.metadata import ModelInfo
 
 from .data import GanData, load_gan_data, save_grid, scale_images
-from .models.dcgan import PIXEL_OFFSET, PIXEL_SCALE, GAN, build_discriminator, build_generator
+from .models.dcgan import GAN, PIXEL_OFFSET, PIXEL_SCALE, build_discriminator, build_generator
 from .quality import QualityScorer
 from .rundir import STATE, read_json, save_model, write_json
 

@@ -119,7 +119,7 @@ class GAN(keras.Model):
                 fake_targets, fake_logits
             )
         grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
-        self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights))
+        self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights, strict=True))
 
         latents = keras.random.normal((batch, self.latent_size), seed=self.seed_generator)
         with tf.GradientTape() as tape:
@@ -127,7 +127,7 @@ class GAN(keras.Model):
                                                training=True)
             g_loss = self.loss_fn(tf.ones((batch, 1)), fake_logits_g)
         grads = tape.gradient(g_loss, self.generator.trainable_weights)
-        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights))
+        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
 
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
