@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import os
 import signal
 import sys
 import threading
@@ -107,20 +108,38 @@ def _open(
     return open_model(spec, task, device, precision.value, threads, overrides, warn=_note)
 
 
+class _Stop(threading.Event):
+    """Set by SIGINT/SIGTERM; remembers which signal, for the exit code (128 + signal)."""
+
+    signum = 0
+    announced = False
+
+    def announce(self) -> None:
+        """Say once, from the job's loop, that the job is winding down."""
+        if self.is_set() and not self.announced:
+            self.announced = True
+            _note("segen-edge: stopping after the files in flight (Ctrl-C again to abort)")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
 @contextmanager
-def _graceful_stop() -> Iterator[threading.Event]:
+def _graceful_stop() -> Iterator[_Stop]:
     """SIGINT/SIGTERM set an event: the job finishes what is in flight and stops cleanly.
 
-    A second Ctrl-C interrupts at once.
+    The handler only sets the flag (printing from a signal handler can re-enter a write to
+    stderr); the job's loop says that it is stopping. A second Ctrl-C interrupts at once.
     """
-    stop = threading.Event()
+    stop = _Stop()
     previous = {}
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.signum = signum
         stop.set()
-        _note("segen-edge: stopping after the files in flight (Ctrl-C again to abort)")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner's)
@@ -130,6 +149,29 @@ def _graceful_stop() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _emit(line: object) -> None:
+    """A result line on stdout. A closed pipe (`| head`) stops the printing, not the job."""
+    global _stdout_open
+    if not _stdout_open:
+        return
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _stdout_open = False
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+
+
+_stdout_open = True
+
+
+def _stopped(stop: _Stop, counts: str) -> None:
+    stop.announce()
+    _note(f"segen-edge: interrupted by signal {stop.signum or signal.SIGINT}; {counts}")
+    _note("segen-edge: run the same command again to finish the rest")
+    raise typer.Exit(stop.exit_code)
 
 
 def _progress(total: int | None, label: str) -> Any:
@@ -224,6 +266,7 @@ def segment(
             max_pixels=max_pixels,
         )
         for result in results:
+            stop.announce()
             counts[result.status] += 1
             entries.append(result.to_json())
             bar.advance(task)
@@ -233,9 +276,8 @@ def segment(
                 if result.note:
                     _note(f"{result.source.path}: {result.note}")
                 for path in result.outputs:
-                    print(path, flush=False)
+                    _emit(path)
         interrupted = stop.is_set()
-    sys.stdout.flush()
     if summary:
         from .images import write_text
 
@@ -251,10 +293,9 @@ def segment(
         }
         write_text(summary, json.dumps(document, indent=2) + "\n")
     done = f"{counts['ok']} segmented, {counts['skipped']} skipped (outputs exist), {counts['failed']} failed"
-    _note(f"segen-edge: {done}; outputs in {out}")
     if interrupted:
-        _note("segen-edge: interrupted; run the same command again to finish the rest")
-        raise typer.Exit(130)
+        _stopped(stop, f"{done}; outputs in {out}")
+    _note(f"segen-edge: {done}; outputs in {out}")
     if counts["failed"]:
         raise typer.Exit(1)
     if not any(counts.values()):
@@ -320,6 +361,7 @@ def generate(
         pending = []
         index = 0
         for images in generator.generate(n, seed, batch_size, stop):
+            stop.announce()
             for image in images:
                 path = out / f"{name}-s{seed}-{index:05d}.png"
                 index += 1
@@ -332,21 +374,21 @@ def generate(
             while len(pending) > 4 * batch_size:
                 path, future = pending.pop(0)
                 future.result()
-                print(path)
+                _emit(path)
                 written += 1
             bar.update(task, completed=index)
         for path, future in pending:
             future.result()
-            print(path)
+            _emit(path)
             written += 1
         interrupted = stop.is_set()
     if grid is not None and keep_for_grid:
         save_image(grid, make_grid(np.stack(keep_for_grid)))
-        print(grid)
-    _note(f"segen-edge: {written} written, {skipped} skipped (exist; --overwrite replaces); in {out}")
+        _emit(grid)
+    done = f"{written} written, {skipped} skipped (exist; --overwrite replaces); in {out}"
     if interrupted:
-        _note("segen-edge: interrupted; run the same command again to finish the rest")
-        raise typer.Exit(130)
+        _stopped(stop, done)
+    _note(f"segen-edge: {done}")
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ PREFIX = "segen."
 TASKS = ("segment", "generate")
 LAYOUTS = ("NHWC", "NCHW")
 PRECISIONS = ("fp32", "fp16", "int8")
+MAX_SIDE = 65536  # larger model inputs are a typo, not a model
 
 Task = Literal["segment", "generate"]
 
@@ -60,12 +62,14 @@ class ModelInfo:
         if self.precision not in PRECISIONS:
             raise bad("precision", self.precision, "one of " + ", ".join(PRECISIONS))
         size = self.image_size
-        if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise bad("image_size", list(size), "[height, width] of two positive integers")
+        if len(size) != 2 or not all(isinstance(v, int) and 0 < v <= MAX_SIDE for v in size):
+            raise bad("image_size", list(size), f"[height, width] of two integers in 1..{MAX_SIDE}")
         if self.channels not in (1, 3):
             raise bad("channels", self.channels, "1 (grey) or 3 (RGB)")
-        if not self.pixel_scale or self.pixel_scale != self.pixel_scale:
-            raise bad("pixel_scale", self.pixel_scale, "a non-zero number")
+        if not math.isfinite(self.pixel_scale) or self.pixel_scale == 0:
+            raise bad("pixel_scale", self.pixel_scale, "a finite, non-zero number")
+        if not math.isfinite(self.pixel_offset):
+            raise bad("pixel_offset", self.pixel_offset, "a finite number")
         if self.task == "segment":
             if len(self.class_names) < 2:
                 raise bad("class_names", list(self.class_names), "at least two class names")
@@ -142,7 +146,7 @@ class ModelInfo:
                 continue
             try:
                 data[key[len(PREFIX) :]] = json.loads(raw)
-            except (json.JSONDecodeError, TypeError):
+            except (json.JSONDecodeError, TypeError, RecursionError):
                 raise MetadataError(
                     f"{source}: metadata key '{key}' is not valid JSON: {str(raw)[:60]!r}"
                 ) from None

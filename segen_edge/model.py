@@ -6,6 +6,7 @@ U-Net both load as a Segmenter, so a new architecture needs no runtime code.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,10 +31,41 @@ class Model:
     def provider(self) -> str:
         return self.loaded.provider
 
+    @functools.cached_property
+    def fixed_batch(self) -> int | None:
+        """The graph's static batch size, or None when the batch axis is dynamic."""
+        dim = self.loaded.session.get_inputs()[0].shape[0]
+        return dim if isinstance(dim, int) and dim > 0 else None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch through the session (onnxruntime releases the GIL here)."""
+        """Run one batch in the model's own layout (onnxruntime releases the GIL here).
+
+        A graph exported with a fixed batch size (often 1) is fed slices of that size.
+        """
+        fixed = self.fixed_batch
+        if fixed is None or fixed == len(batch):
+            return self._run(batch)
+        parts = []
+        for start in range(0, len(batch), fixed):
+            part = batch[start : start + fixed]
+            short = fixed - len(part)
+            if short:
+                part = np.concatenate([part, np.zeros((short, *part.shape[1:]), part.dtype)])
+            parts.append(self._run(part)[: fixed - short])
+        return np.concatenate(parts)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         loaded = self.loaded
-        return np.asarray(loaded.session.run([loaded.output_name], {loaded.input_name: batch})[0])
+        try:
+            out = loaded.session.run([loaded.output_name], {loaded.input_name: batch})[0]
+        except Exception as exc:  # onnxruntime's own exception types; never a traceback
+            reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(
+                f"{loaded.path}: onnxruntime could not run the model on an input of shape "
+                f"{list(batch.shape)} ({reason}); check the model's segen metadata "
+                "(segen-edge info) against its input"
+            ) from None
+        return np.asarray(out)
 
 
 def probe_provider(device: Device) -> str:
@@ -64,14 +96,25 @@ def read_info(loaded: LoadedSession, overrides: Mapping[str, Any] | None = None)
 
 
 def _check_io(loaded: LoadedSession, info: ModelInfo) -> None:
-    """The graph's input rank must fit the task the metadata claims."""
-    shape = loaded.session.get_inputs()[0].shape
-    want = 2 if info.task == "generate" else 4
-    if len(shape) != want:
-        raise ModelError(
-            f"{loaded.path}: input has shape {shape} but a {info.task} model takes "
-            f"{'(batch, latent)' if want == 2 else '(batch, height, width, channels)'}"
-        )
+    """The graph's input must fit what the metadata says to feed it (rank and static dims)."""
+    shape = list(loaded.session.get_inputs()[0].shape)
+    if info.task == "generate":
+        want = {"latent": info.latent_size}
+        axes: tuple[str, ...] = ("latent",)
+        fix = "fix segen.latent_size, or pass --latent-size for a bare ONNX file"
+    else:
+        want = {"height": info.height, "width": info.width, "channels": info.channels}
+        nchw = info.layout == "NCHW"
+        axes = ("channels", "height", "width") if nchw else ("height", "width", "channels")
+        fix = "fix segen.image_size/segen.channels, or pass --image-size for a bare ONNX file"
+    if len(shape) != len(axes) + 1:
+        expected = "(batch, " + ", ".join(axes) + ")"
+        raise ModelError(f"{loaded.path}: input has shape {shape} but a {info.task} model takes {expected}")
+    got = dict(zip(axes, shape[1:], strict=True))
+    wrong = [k for k, v in got.items() if isinstance(v, int) and v > 0 and v != want[k]]
+    if wrong:
+        says = ", ".join(f"{k} {want[k]}" for k in wrong)
+        raise ModelError(f"{loaded.path}: the graph takes input {shape} but its metadata says {says}; {fix}")
 
 
 def open_model(

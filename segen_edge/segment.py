@@ -6,7 +6,6 @@ and every output file is written atomically.
 
 from __future__ import annotations
 
-import functools
 import glob
 import os
 import threading
@@ -75,17 +74,7 @@ class Segmenter(Model):
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) float32 inputs -> (N, H, W) uint8 class ids at model size."""
-        fixed = self._fixed_batch
-        if fixed is None or fixed == len(batch):
-            return self._predict(batch)
-        parts = []  # a graph exported with a fixed batch (often 1): feed it slices of that size
-        for start in range(0, len(batch), fixed):
-            part = batch[start : start + fixed]
-            short = fixed - len(part)
-            if short:
-                part = np.concatenate([part, np.zeros((short, *part.shape[1:]), part.dtype)])
-            parts.append(self._predict(part)[: fixed - short])
-        return np.concatenate(parts)
+        return self._predict(batch)
 
     def _predict(self, batch: np.ndarray) -> np.ndarray:
         nchw = self.info.layout == "NCHW"
@@ -99,26 +88,6 @@ class Segmenter(Model):
                 "(segen.class_names, or --class-names for a bare ONNX file)"
             )
         return np.argmax(logits, axis=1 if nchw else -1).astype(np.uint8)
-
-    @functools.cached_property
-    def _fixed_batch(self) -> int | None:
-        """The graph's static batch size (None when dynamic), after checking that its static
-        height, width and channels match what the metadata says to feed it."""
-        shape = list(self.loaded.session.get_inputs()[0].shape)
-        axes = (
-            ("channels", "height", "width") if self.info.layout == "NCHW" else ("height", "width", "channels")
-        )
-        got = dict(zip(axes, shape[1:], strict=False))
-        want = {"height": self.info.height, "width": self.info.width, "channels": self.info.channels}
-        wrong = [k for k, v in got.items() if isinstance(v, int) and v != want[k]]
-        if wrong:
-            raise ModelError(
-                f"{self.loaded.path}: the graph takes input {shape} but its metadata says "
-                f"{self.info.height}x{self.info.width}x{self.info.channels} ({', '.join(wrong)} differ); "
-                "fix segen.image_size/segen.channels, or pass --image-size "
-                f"{got.get('height')} {got.get('width')} for a bare ONNX file"
-            )
-        return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
 
     def predict(self, image_u8: np.ndarray) -> np.ndarray:
         """One uint8 image -> (height, width) class ids at the image's own size."""
