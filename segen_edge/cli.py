@@ -85,10 +85,14 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _overrides(**values: Any) -> dict[str, Any]:
-    """Metadata values given on the command line (for models without segen metadata)."""
+def _overrides(task: str, **values: Any) -> dict[str, Any]:
+    """Metadata values given on the command line (for models without segen metadata).
+
+    They replace the file's own values; the verb supplies the task.
+    """
     given = {k: v for k, v in values.items() if v is not None}
     if given:
+        given |= {"task": task}
         given.setdefault("arch", "custom")
         if "image_size" in given:
             given["image_size"] = list(given["image_size"])
@@ -240,7 +244,7 @@ def segment(
         )
     names = class_names.split(",") if class_names else None
     overrides = _overrides(
-        task="segment" if image_size else None,
+        "segment",
         image_size=image_size,
         pixel_scale=pixel_scale,
         pixel_offset=pixel_offset,
@@ -343,7 +347,7 @@ def generate(
         seed = int(np.random.SeedSequence().entropy % 2**31)  # type: ignore[operator]
         _note(f"segen-edge: seed {seed} (pass --seed {seed} to get the same images again)")
     overrides = _overrides(
-        task="generate" if latent_size else None,
+        "generate",
         image_size=image_size,
         latent_size=latent_size,
         pixel_scale=pixel_scale,
