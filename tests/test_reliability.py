@@ -431,7 +431,7 @@ def test_bare_onnx_lists_what_is_missing_then_runs_with_flags(
     for flag in ("--image-size", "--pixel-scale", "--class-names"):
         assert flag in line, line
     line = _one_error_line(segen(*base, "--class-names", "r,g,b"))
-        assert "segen.image_size" in line and "segen.task" not in line, line  # the verb gives the task
+    assert "segen.image_size" in line and "segen.task" not in line, line  # the verb gives the task
     line = _one_error_line(segen(*base, "--image-size", "16", "16", "--class-names", "r,g"))
     assert "outputs 3 classes" in line and "names 2" in line, line
 
