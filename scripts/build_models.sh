@@ -2,7 +2,9 @@
 # Train the project's models from ../shared/data into runs/NAME (logs in runs/NAME.log).
 # Usage: scripts/build_models.sh [STEP...]   STEP: unet-pets fcn-pets unet-membrane
 #        dcgan-mnist dcgan-fashion (default: all, in that order). Each trains on 2 CPU cores
-#        in about 10-40 minutes; the export steps are appended after the train steps.
+#        in about 10-40 minutes; the export steps are appended after the train steps:
+#        export-NAME (ONNX fp32/fp16/int8 + report in runs/NAME/onnx, a few minutes each)
+#        and bundle (copies the chosen files into segen_edge/models).
 # DATA (default ../shared/data) and RUNS (default runs) may be overridden.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,15 +43,49 @@ step_dcgan_fashion() {
         --latent-size 64 --filters 32 --d-filters 32 --epochs 3 --batch-size 64
 }
 
+# -- export steps (appended by export/) --
+export_run() {  # NAME ARGS...: $RUNS/NAME/onnx/NAME-{fp32,fp16,int8}.onnx + NAME-export.json
+    local name="$1"; shift
+    echo "== export $name: $(date -u +%H:%M:%S)"
+    "$PY" -m export "$RUNS/$name" --precision fp32,fp16,int8 --overwrite "$@" \
+        > "$RUNS/$name-export.log" 2>&1 || { tail -n 3 "$RUNS/$name-export.log" >&2; exit 1; }
+    grep -A 12 "^$name: " "$RUNS/$name-export.log"  # the report table
+}
+
+# Calibration defaults to the run's training images with its held-out ones left out
+# (pets: 100 of 554; membrane: all 25); generators calibrate on seeded latents.
+step_export_unet_pets() { export_run unet-pets --calib-count 100; }
+step_export_fcn_pets() { export_run fcn-pets --calib-count 100; }
+step_export_unet_membrane() { export_run unet-membrane --calib-count 100; }
+step_export_dcgan_mnist() { export_run dcgan-mnist --calib-count 256; }
+step_export_dcgan_fashion() { export_run dcgan-fashion --calib-count 256; }
+
+# What ships inside the package (segen_edge/models), chosen from the export reports.
+BUNDLE=(
+    unet-pets/onnx/unet-pets-fp32.onnx
+    unet-pets/onnx/unet-pets-int8.onnx
+    fcn-pets/onnx/fcn-pets-fp32.onnx
+    fcn-pets/onnx/fcn-pets-int8.onnx
+    unet-membrane/onnx/unet-membrane-int8.onnx
+    dcgan-mnist/onnx/dcgan-mnist-fp32.onnx
+    dcgan-fashion/onnx/dcgan-fashion-fp32.onnx
+)
+step_bundle() {
+    local dest=segen_edge/models
+    for file in "${BUNDLE[@]}"; do
+        cp "$RUNS/$file" "$dest/"
+    done
+    du -ch "$dest"/*.onnx | tail -n 1
+}
+
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(unet-pets fcn-pets unet-membrane dcgan-mnist dcgan-fashion)
+ALL=(unet-pets fcn-pets unet-membrane dcgan-mnist dcgan-fashion)
+[ ${#steps[@]} -gt 0 ] || steps=("${ALL[@]}" "${ALL[@]/#/export-}" bundle)
 for step in "${steps[@]}"; do
     fn="step_${step//-/_}"
     if ! declare -F "$fn" > /dev/null; then
-        echo "unknown step '$step'; expected unet-pets fcn-pets unet-membrane dcgan-mnist" \
-             "dcgan-fashion" >&2
+        echo "unknown step '$step'; expected ${ALL[*]}, export-NAME or bundle" >&2
         exit 2
     fi
     "$fn"
 done
-# -- export steps (appended by export/) --
