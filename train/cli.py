@@ -24,8 +24,9 @@ def _common(parser: argparse.ArgumentParser, size: tuple[int, int], epochs: int,
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="start --out afresh")
-    parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
-                        help="Keras progress: 1 bar, 2 one line per epoch")
+    parser.add_argument("--verbose", type=int, default=1 if sys.stderr.isatty() else 2,
+                        choices=(0, 1, 2), help="Keras progress: 1 bars (default on a "
+                        "terminal), 2 one line per epoch (default in logs), 0 none")
 
 
 def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
