@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="int8 weights in 7 bits: onnxruntime's u8s8 kernels saturate on "
                         "x86 CPUs without VNNI (AVX2 only), which costs more accuracy than the "
                         "lost bit; --no-reduce-range for full 8-bit weights (default: on)")
+    parser.add_argument("--speed-search", action=argparse.BooleanOptionalAction, default=True,
+                        help="time int8 variants that keep the highest-resolution layers in "
+                        "float (where int8 kernels can be slower than fp32) and keep the "
+                        "fastest (default: on)")
     parser.add_argument("--name", default=None,
                         help="file name prefix, <name>-<precision>.onnx (default: the run's name)")
     parser.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW",
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             max_drop=args.max_drop,
             reduce_range=args.reduce_range,
+            speed_search=args.speed_search,
             name=args.name,
             layout=args.layout,
             overwrite=args.overwrite,

@@ -34,7 +34,15 @@ from .evaluate import (
     segment_metrics,
 )
 from .inference import make_session, run
-from .quantize import Int8Quantizer, Int8Result, quantize_within_budget, rank_sensitivity, to_fp16
+from .quantize import (
+    Int8Quantizer,
+    Int8Result,
+    SpeedChoice,
+    choose_for_speed,
+    quantize_within_budget,
+    rank_sensitivity,
+    to_fp16,
+)
 from .run import load_run
 
 SENSITIVITY_SAMPLES = 16
@@ -51,6 +59,7 @@ class ExportOptions:
     out_dir: Path | None = None  # None: RUN_DIR/onnx
     max_drop: float = 0.01
     reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
+    speed_search: bool = True  # leave high-resolution layers in float where int8 is slower
     name: str | None = None
     layout: str = "NCHW"
     overwrite: bool = False
@@ -90,7 +99,9 @@ class ExportReport:
     held_out: str
     rows: list[Row] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
-    excluded_nodes: list[str] = field(default_factory=list)
+    excluded_nodes: list[str] = field(default_factory=list)  # in float for accuracy
+    speed_nodes: list[str] = field(default_factory=list)  # in float for speed
+    speed_timings: dict[str, float] = field(default_factory=dict)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     within_budget: bool = True
     latency: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +125,8 @@ class ExportReport:
             "latency": self.latency,
             "calibration": self.calibration,
             "excluded_nodes": self.excluded_nodes,
+            "float_for_speed": self.speed_nodes,
+            "speed_search_ms": self.speed_timings,
             "within_budget": self.within_budget,
             "command": self.command,
         }
@@ -162,7 +175,8 @@ class ExportReport:
             cal = self.calibration
             text.append(
                 f"int8: {cal.get('method')} calibration on {cal.get('count')} {cal.get('kind')}; "
-                f"in float: {', '.join(self.excluded_nodes) or 'none'}"
+                f"in float for speed: {len(self.speed_nodes)} node(s); in float for accuracy: "
+                f"{', '.join(self.excluded_nodes) or 'none'}"
                 + ("" if self.within_budget else " (STILL OVER --max-drop)")
             )
         if self.latency:
@@ -276,7 +290,9 @@ def export_run(
         metrics["fp16"] = measure(models["fp16"])
         progress(f"fp16: {metrics['fp16']}")
     if calib is not None:
-        result = _int8(proto, calib, info, options, metrics["fp32"], measure, progress)
+        result, speed = _int8(proto, calib, info, options, metrics["fp32"], measure, progress)
+        if speed is not None:
+            report.speed_nodes, report.speed_timings = speed.exclude, speed.timings_ms
         models["int8"] = result.model
         metrics["int8"] = result.metrics if segment else measure(result.model)
         report.excluded_nodes = result.excluded
@@ -331,7 +347,7 @@ def _int8(
     fp32_metrics: dict[str, Any],
     measure: Callable[..., dict[str, Any]],
     progress: Callable[[str], None],
-) -> Int8Result:
+) -> tuple[Int8Result, SpeedChoice | None]:
     reader = ArrayReader(proto.graph.input[0].name, calib, info)
     with tempfile.TemporaryDirectory(prefix="segen-int8-") as workdir:
         quantizer = Int8Quantizer(
@@ -349,7 +365,14 @@ def _int8(
         def rank() -> list[tuple[str, float]]:
             return rank_sensitivity(quantizer, probe, probe_reference, info, progress)
 
-        return quantize_within_budget(quantizer, drop_of, options.max_drop, rank, progress)
+        speed = None
+        if options.speed_search:
+            speed = choose_for_speed(quantizer, proto, calib, info, progress=progress)
+        result = quantize_within_budget(
+            quantizer, drop_of, options.max_drop, rank, progress,
+            base_exclude=speed.exclude if speed else (),
+        )
+        return result, speed
 
 
 def _write(

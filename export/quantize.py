@@ -34,7 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from segen_edge.metadata import ModelInfo
 
-from .inference import make_session, run
+from .inference import make_session, run, to_model_layout
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 CALIBRATION_METHODS = {
@@ -126,6 +126,78 @@ class Int8Quantizer:
         return onnx.load(out)
 
 
+def output_sizes(
+    model_path: str | Path, names: Sequence[str], sample: np.ndarray, info: ModelInfo
+) -> dict[str, tuple[int, ...]]:
+    """Shape (without batch) of each named node's first output, for one real input."""
+    model = onnx.load(model_path)
+    nodes = {n.name: n for n in model.graph.node}
+    outputs = [nodes[name].output[0] for name in names]
+    known = {o.name for o in model.graph.output}
+    for tensor in outputs:
+        if tensor not in known:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
+            )
+    session = make_session(model)
+    feed = {session.get_inputs()[0].name: to_model_layout(sample[:1], info)}
+    wanted = [o.name for o in session.get_outputs() if o.name in set(outputs)]
+    values = dict(zip(wanted, session.run(wanted, feed), strict=True))
+    return {name: tuple(values[nodes[name].output[0]].shape[1:]) for name in names}
+
+
+def resolution_levels(sizes: dict[str, tuple[int, ...]]) -> list[list[str]]:
+    """Weighted nodes grouped by output resolution (H * W of conv maps, else the element
+    count), largest first: the layers with the most pixels and fewest channels are
+    where int8 kernels are slowest relative to fp32."""
+
+    def pixels(shape: tuple[int, ...]) -> int:
+        if len(shape) == 3:  # ONNX Conv/ConvTranspose outputs are (C, H, W)
+            return int(shape[1] * shape[2])
+        return int(np.prod(shape)) if shape else 1
+
+    levels: dict[int, list[str]] = {}
+    for name, shape in sizes.items():
+        levels.setdefault(pixels(shape), []).append(name)
+    return [levels[k] for k in sorted(levels, reverse=True)]
+
+
+@dataclass
+class SpeedChoice:
+    exclude: list[str]  # weighted nodes left in float because int8 is slower there
+    timings_ms: dict[str, float]  # configuration -> median latency
+
+
+def choose_for_speed(
+    quantizer: Int8Quantizer,
+    fp32: onnx.ModelProto,
+    sample: np.ndarray,
+    info: ModelInfo,
+    runs: int = 20,
+    progress: Callable[[str], None] = lambda _: None,
+) -> SpeedChoice:
+    """Latency-aware mixed precision: try leaving the highest-resolution levels of weighted
+    nodes in float (none, the first, the first two, ...), time every variant against fp32
+    on this CPU, and keep the fastest. On CPUs without VNNI, int8 convs over wide, thin
+    maps (8 channels at full resolution) are slower than fp32's NCHWc kernels."""
+    from .evaluate import measure_latency
+
+    sizes = output_sizes(quantizer.prepared, quantizer.candidates, sample, info)
+    levels = resolution_levels(sizes)
+    variants: dict[str, tuple[list[str], onnx.ModelProto]] = {}
+    exclude: list[str] = []
+    for depth in range(len(levels)):  # depth 0: everything quantized
+        if depth:
+            exclude = exclude + levels[depth - 1]
+        key = "int8" if not depth else f"int8, top {depth} level(s) in float"
+        variants[key] = (list(exclude), quantizer.quantize(exclude=exclude))
+    models = {"fp32": fp32, **{k: m for k, (_, m) in variants.items()}}
+    timings = measure_latency(models, sample[:1], info, runs=runs)
+    best = min(variants, key=lambda k: timings[k])
+    progress("speed: " + ", ".join(f"{k} {v:.2f} ms" for k, v in timings.items()))
+    return SpeedChoice(variants[best][0], timings)
+
+
 def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
     """Mean squared error relative to the reference's mean square (0 = identical)."""
     power = float(np.mean(np.square(reference, dtype=np.float64))) or 1.0
@@ -165,19 +237,21 @@ def quantize_within_budget(
     max_drop: float,
     rank: Callable[[], list[tuple[str, float]]],
     progress: Callable[[str], None] = lambda _: None,
+    base_exclude: Sequence[str] = (),
 ) -> Int8Result:
-    """Quantize everything; while the drop `drop_of(model)` measures exceeds `max_drop`,
-    leave the next most sensitive node (from `rank()`) in float and quantize again."""
-    model = quantizer.quantize()
+    """Quantize everything but `base_exclude`; while the drop `drop_of(model)` measures
+    exceeds `max_drop`, leave the next most sensitive node (from `rank()`) in float too and
+    quantize again. `excluded` lists only the nodes left in float for accuracy."""
+    model = quantizer.quantize(exclude=base_exclude)
     drop, metrics = drop_of(model)
-    progress(f"int8, all weighted nodes quantized: drop {drop:.4f}")
+    progress(f"int8 ({len(base_exclude)} node(s) in float for speed): drop {drop:.4f}")
     if drop <= max_drop:
         return Int8Result(model, drop, metrics)
-    ranking = rank()
+    ranking = [(n, e) for n, e in rank() if n not in set(base_exclude)]
     excluded: list[str] = []
     for node, _ in ranking:
         excluded.append(node)
-        model = quantizer.quantize(exclude=excluded)
+        model = quantizer.quantize(exclude=[*base_exclude, *excluded])
         drop, metrics = drop_of(model)
         progress(f"int8 with {len(excluded)} node(s) in float (+{node}): drop {drop:.4f}")
         if drop <= max_drop:

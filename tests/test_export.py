@@ -115,6 +115,9 @@ def test_writes_every_precision_and_a_report(seg_export: Path) -> None:
     assert rows["int8"]["agreement"] >= 0.97
     assert rows["fp32"]["miou"] - rows["int8"]["miou"] <= 0.01 or report["excluded_nodes"]
     assert report["calibration"]["count"] == 8  # 12 images, the 4 held out never calibrate
+    timed = report["speed_search_ms"]  # fp32, all-int8, and int8 with the 32x32 level in float
+    assert {"fp32", "int8", "int8, top 1 level(s) in float"} <= set(timed)
+    assert len(report["float_for_speed"]) in (0, 4)  # nothing, or the four 32x32 nodes
     assert report["verified_max_abs_diff"] <= 1e-4
     sizes = {p: (seg_export / f"tiny-unet-{p}.onnx").stat().st_size for p in rows}
     assert sizes["fp16"] < sizes["fp32"]
@@ -160,7 +163,8 @@ def test_sensitivity_keeps_layers_in_float_until_within_budget(
 ) -> None:
     # A negative budget can never be met: every weighted node ends up in float, in order.
     code = main([str(seg_run), "--out", str(tmp_path), "--precision", "int8", "--max-drop",
-                 "-1", "--calib-count", "4", "--latency-runs", "1", "--name", "t"])
+                 "-1", "--calib-count", "4", "--latency-runs", "1", "--name", "t",
+                 "--no-speed-search"])
     assert code == 0
     report = json.loads((tmp_path / "t-export.json").read_text())
     assert report["within_budget"] is False
@@ -171,6 +175,13 @@ def test_sensitivity_keeps_layers_in_float_until_within_budget(
     float_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     assert all(n.input[1] in float_weights for n in float_convs)  # weights not quantized
     assert not (tmp_path / "t-fp32.onnx").exists()  # fp32 was only the reference
+
+
+def test_resolution_levels_put_the_largest_maps_first() -> None:
+    from export.quantize import resolution_levels
+
+    sizes = {"a": (8, 32, 32), "b": (16, 16, 16), "c": (8, 32, 32), "d": (2, 32, 32), "e": (64,)}
+    assert resolution_levels(sizes) == [["a", "c", "d"], ["b"], ["e"]]
 
 
 def test_generator_exports_with_seeded_latents(tmp_path: Path) -> None:
