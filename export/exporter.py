@@ -314,6 +314,7 @@ def export_run(
         )
     _write(models, targets, info, run_info.card, report)
     atomic_write(report_path, lambda fh: fh.write(_json(report.to_json()).encode("utf-8")))
+    os.chmod(report_path, 0o644)
     report.report_path = report_path
     return report
 
@@ -406,6 +407,7 @@ def _write(
     for precision, path in targets.items():
         blob = blobs[precision]
         atomic_write(path, lambda fh, data=blob: fh.write(data))
+        os.chmod(path, 0o644)  # a model is meant to be read by others (mkstemp made it 0600)
 
 
 def _json(data: Any) -> str:
