@@ -102,6 +102,7 @@ class ExportReport:
     excluded_nodes: list[str] = field(default_factory=list)  # in float for accuracy
     speed_nodes: list[str] = field(default_factory=list)  # in float for speed
     speed_timings: dict[str, float] = field(default_factory=dict)
+    layers: dict[str, str] = field(default_factory=dict)  # ONNX node -> Keras layer
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     within_budget: bool = True
     latency: dict[str, Any] = field(default_factory=dict)
@@ -125,7 +126,9 @@ class ExportReport:
             "latency": self.latency,
             "calibration": self.calibration,
             "excluded_nodes": self.excluded_nodes,
+            "excluded_layers": [self.layers.get(n, n) for n in self.excluded_nodes],
             "float_for_speed": self.speed_nodes,
+            "float_for_speed_layers": [self.layers.get(n, n) for n in self.speed_nodes],
             "speed_search_ms": self.speed_timings,
             "within_budget": self.within_budget,
             "command": self.command,
@@ -137,7 +140,9 @@ class ExportReport:
             "task": self.task,
             **self.card(),
             "precisions": [r.to_json() for r in self.rows],
-            "sensitivity": [[n, round(s, 6)] for n, s in self.sensitivity[:20]],
+            "sensitivity": [
+                [n, self.layers.get(n, n), round(s, 6)] for n, s in self.sensitivity[:20]
+            ],
         }
 
     def table(self) -> str:
@@ -175,8 +180,10 @@ class ExportReport:
             cal = self.calibration
             text.append(
                 f"int8: {cal.get('method')} calibration on {cal.get('count')} {cal.get('kind')}; "
-                f"in float for speed: {len(self.speed_nodes)} node(s); in float for accuracy: "
-                f"{', '.join(self.excluded_nodes) or 'none'}"
+                "in float for speed: "
+                f"{', '.join(self.layers.get(n, n) for n in self.speed_nodes) or 'none'}; "
+                "for accuracy: "
+                f"{', '.join(self.layers.get(n, n) for n in self.excluded_nodes) or 'none'}"
                 + ("" if self.within_budget else " (STILL OVER --max-drop)")
             )
         if self.latency:
@@ -290,7 +297,9 @@ def export_run(
         metrics["fp16"] = measure(models["fp16"])
         progress(f"fp16: {metrics['fp16']}")
     if calib is not None:
-        result, speed = _int8(proto, calib, info, options, metrics["fp32"], measure, progress)
+        result, speed, report.layers = _int8(
+            proto, calib, info, options, metrics["fp32"], measure, progress
+        )
         if speed is not None:
             report.speed_nodes, report.speed_timings = speed.exclude, speed.timings_ms
         models["int8"] = result.model
@@ -348,7 +357,7 @@ def _int8(
     fp32_metrics: dict[str, Any],
     measure: Callable[..., dict[str, Any]],
     progress: Callable[[str], None],
-) -> tuple[Int8Result, SpeedChoice | None]:
+) -> tuple[Int8Result, SpeedChoice | None, dict[str, str]]:
     reader = ArrayReader(proto.graph.input[0].name, calib, info)
     with tempfile.TemporaryDirectory(prefix="segen-int8-") as workdir:
         quantizer = Int8Quantizer(
@@ -373,7 +382,7 @@ def _int8(
             quantizer, drop_of, options.max_drop, rank, progress,
             base_exclude=speed.exclude if speed else (),
         )
-        return result, speed
+        return result, speed, quantizer.labels
 
 
 def _write(

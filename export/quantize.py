@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +93,9 @@ class Int8Quantizer:
             quant_pre_process(source, self.prepared, skip_symbolic_shape=True)
         self.cache = self.workdir / f"calibration-{method}.json"
         graph = onnx.load(self.prepared).graph
-        self.candidates = [n.name for n in graph.node if n.op_type in WEIGHTED_OPS]
+        weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
+        self.candidates = [n.name for n in weighted]
+        self.labels = {n.name: layer_label(n) for n in weighted}
 
     def quantize(
         self, exclude: Sequence[str] = (), only: Sequence[str] | None = None
@@ -198,6 +201,16 @@ def choose_for_speed(
     return SpeedChoice(variants[best][0], timings)
 
 
+def layer_label(node: onnx.NodeProto) -> str:
+    """The Keras layer a converted node came from, read from tf2onnx's tensor names
+    (`model_1/enc0_conv1_1/convolution/...` -> `enc0_conv1`); the node name otherwise."""
+    for name in (*node.input[1:2], node.name, node.output[0]):
+        parts = name.split("/")
+        if len(parts) >= 3:
+            return re.sub(r"_\d+$", "", parts[1])
+    return node.name
+
+
 def relative_error(output: np.ndarray, reference: np.ndarray) -> float:
     """Mean squared error relative to the reference's mean square (0 = identical)."""
     power = float(np.mean(np.square(reference, dtype=np.float64))) or 1.0
@@ -217,7 +230,8 @@ def rank_sensitivity(
     for i, node in enumerate(quantizer.candidates, 1):
         output = run(make_session(quantizer.quantize(only=[node])), inputs, info)
         scores.append((node, relative_error(output, reference)))
-        progress(f"sensitivity {i}/{len(quantizer.candidates)}: {node} {scores[-1][1]:.2e}")
+        label = quantizer.labels.get(node, node)
+        progress(f"sensitivity {i}/{len(quantizer.candidates)}: {label} {scores[-1][1]:.2e}")
     return sorted(scores, key=lambda item: item[1], reverse=True)
 
 
@@ -253,7 +267,10 @@ def quantize_within_budget(
         excluded.append(node)
         model = quantizer.quantize(exclude=[*base_exclude, *excluded])
         drop, metrics = drop_of(model)
-        progress(f"int8 with {len(excluded)} node(s) in float (+{node}): drop {drop:.4f}")
+        progress(
+            f"int8 with {len(excluded)} node(s) in float (+{quantizer.labels.get(node, node)}): "
+            f"drop {drop:.4f}"
+        )
         if drop <= max_drop:
             return Int8Result(model, drop, metrics, excluded, ranking)
     return Int8Result(model, drop, metrics, excluded, ranking, within_budget=False)
