@@ -47,6 +47,7 @@ class GanMonitor(keras.callbacks.Callback):
         self.best_epoch = int(state.get("best_epoch", -1))
         self.best_quality: dict[str, Any] = dict(state.get("best_quality", {}))
         self.epochs_run = int(state.get("epochs_run", 0))
+        self.commands: list[str] = list(state.get("commands", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self._started = time.monotonic()
 
@@ -75,6 +76,7 @@ class GanMonitor(keras.callbacks.Callback):
         write_json(self.run_dir / STATE, {
             "epochs_run": self.epochs_run, "best": self.best, "best_epoch": self.best_epoch,
             "best_quality": self.best_quality, "train_seconds": round(seconds, 1),
+            "commands": self.commands,
         })
         if quality:
             print(f"epoch {epoch + 1}: confident {quality['confident_fraction']:.3f}, "
@@ -129,6 +131,7 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
         jit_compile=False,
     )
     monitor = GanMonitor(run_dir, scorer, args.latent_size, args.samples, args.seed, state)
+    monitor.commands.append(command)
     real = scale_images(data.images_u8, PIXEL_SCALE, PIXEL_OFFSET)
     callbacks = [monitor, keras.callbacks.CSVLogger(str(run_dir / "log.csv"),
                                                     append=bool(state))]
@@ -159,6 +162,7 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "class_names": list(data.class_names),
             "framework": f"keras {keras.__version__}",
             "command": command,
+            "commands": monitor.commands,  # every invocation, when the run was resumed
         },
     )
     write_json(run_dir / "model_info.json", info.to_dict())
