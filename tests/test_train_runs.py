@@ -157,9 +157,10 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
 
     data = _mnist(tmp_path / "mnist")
     run = tmp_path / "gan"
-    assert main(["dcgan", "--data", str(data), "--epochs", "1", "--batch-size", "16",
-                 "--latent-size", "8", "--filters", "8", "--d-filters", "8", "--samples", "20",
-                 "--out", str(run), "--verbose", "0"]) == 0
+    args = ["dcgan", "--data", str(data), "--batch-size", "16", "--latent-size", "8",
+            "--filters", "8", "--d-filters", "8", "--samples", "20", "--out", str(run),
+            "--verbose", "0"]
+    assert main([*args, "--epochs", "1"]) == 0
     for name in ("generator.keras", "discriminator.keras", "model_info.json", "log.csv",
                  "samples/epoch-001.png", "classifier.keras"):
         assert (run / name).is_file(), name
@@ -169,6 +170,10 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
     quality = info.card["quality"]
     assert {"confident_fraction", "min_class_coverage", "frechet_distance",
             "frechet_floor_real_vs_real", "class_coverage"} <= set(quality)
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    resumed = json.loads((run / "model_info.json").read_text())["card"]
+    assert resumed["epochs_run"] == 2 and len(resumed["commands"]) == 2
+    assert (run / "samples" / "epoch-002.png").is_file()
     scorer = QualityScorer.load(run)
     real = load_gan_data(data, (32, 32), 1)
     score = scorer.score(real.images_u8[:20])  # plain uint8 arrays, as export passes them

@@ -43,6 +43,9 @@ class GanMonitor(keras.callbacks.Callback):
         rng = np.random.default_rng([seed, 1])
         self.grid_latents = rng.standard_normal((64, latent_size)).astype(np.float32)
         self.score_latents = rng.standard_normal((samples, latent_size)).astype(np.float32)
+        self.classifier = scorer.info.get("created", "") if scorer is not None else ""
+        if state.get("classifier", "") != self.classifier:
+            state = {**state, "best": None, "best_epoch": -1, "best_quality": {}}  # new scale
         self.best = float(state.get("best", math.inf) or math.inf)
         self.best_epoch = int(state.get("best_epoch", -1))
         self.best_quality: dict[str, Any] = dict(state.get("best_quality", {}))
@@ -76,7 +79,7 @@ class GanMonitor(keras.callbacks.Callback):
         write_json(self.run_dir / STATE, {
             "epochs_run": self.epochs_run, "best": self.best, "best_epoch": self.best_epoch,
             "best_quality": self.best_quality, "train_seconds": round(seconds, 1),
-            "commands": self.commands,
+            "commands": self.commands, "classifier": self.classifier,
         })
         if quality:
             print(f"epoch {epoch + 1}: confident {quality['confident_fraction']:.3f}, "

@@ -9,6 +9,7 @@ so ONNX outputs can be scored as well as Keras ones.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class QualityScorer:
 
     @classmethod
     def load_or_train(cls, cache_dir: str | Path, data: GanData, seed: int = 0,
-                      samples: int = 1000, epochs: int = 2) -> QualityScorer:
+                      samples: int = 1000, epochs: int = 5) -> QualityScorer:
         """Load the cached classifier for this data set, or train and cache it."""
         cache = Path(cache_dir)
         size = tuple(int(v) for v in data.images_u8.shape[1:3])
@@ -94,7 +95,8 @@ class QualityScorer:
         if (cache / CLASSIFIER_INFO).is_file():
             info = read_json(cache / CLASSIFIER_INFO)
             if (info.get("dataset") == data.name and tuple(info.get("image_size", ())) == size
-                    and info.get("channels") == channels and info.get("samples") == samples):
+                    and info.get("channels") == channels and info.get("samples") == samples
+                    and info.get("epochs") == epochs):
                 return cls.load(cache)
         if data.labels is None:
             raise BadInputError(f"{data.name}: the quality score needs class labels (MNIST "
@@ -123,15 +125,20 @@ class QualityScorer:
         feats_a = feature_model.predict(_scale(real_u8[half_a]), batch_size=256, verbose=0)
         feats_b = feature_model.predict(_scale(real_u8[half_b]), batch_size=256, verbose=0)
         floor = frechet_distance(feats_b, feats_a)
+        probs_b = _softmax(np.asarray(real_logits[half_b], dtype=np.float64))
+        real_confident = float((probs_b.max(axis=-1) >= CONFIDENCE).mean())
         info = {"dataset": data.name, "image_size": list(size), "channels": channels,
                 "samples": samples, "class_names": list(data.class_names or
                                                         [str(i) for i in range(num_classes)]),
-                "real_accuracy": round(accuracy, 4), "epochs": epochs, "seed": seed}
+                "real_accuracy": round(accuracy, 4), "real_confident_fraction":
+                round(real_confident, 4), "epochs": epochs, "seed": seed,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         cache.mkdir(parents=True, exist_ok=True)
         save_model(classifier, cache / CLASSIFIER)
         np.savez(cache / REFERENCE, features=feats_a, floor=np.float64(floor))
         write_json(cache / CLASSIFIER_INFO, info)
-        print(f"quality: classifier accuracy on real images {accuracy:.4f}, "
+        print(f"quality: classifier accuracy on real images {accuracy:.4f} (confident on "
+              f"{real_confident:.3f}), "
               f"real-vs-real Frechet floor {floor:.3f}", flush=True)
         return cls(classifier, feats_a, floor, tuple(info["class_names"]), info)
 
@@ -161,6 +168,7 @@ class QualityScorer:
             "frechet_distance": round(fd, 4),
             "frechet_floor_real_vs_real": round(self.floor, 4),
             "classifier_real_accuracy": self.info.get("real_accuracy"),
+            "real_confident_fraction": self.info.get("real_confident_fraction"),
         }
 
 
