@@ -66,6 +66,9 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     gan.add_argument("--latent-size", type=int, default=100)
     gan.add_argument("--filters", type=int, default=64, help="generator's last width")
     gan.add_argument("--d-filters", type=int, default=64, help="discriminator's first width")
+    gan.add_argument("--ema", type=float, default=0.999,
+                     help="generator weight averaging decay; the average is what is saved "
+                          "and scored (0: off)")
     gan.add_argument("--limit", type=int, help="use only the first N training images")
     gan.add_argument("--samples", type=int, default=1000, help="images the quality score uses")
     gan.add_argument("--classifier-cache", help="folder caching the quality classifier "

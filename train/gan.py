@@ -15,7 +15,14 @@ from segen_edge.errors import BadInputError
 from segen_edge.metadata import ModelInfo
 
 from .data import GanData, load_gan_data, save_grid, scale_images
-from .models.dcgan import GAN, PIXEL_OFFSET, PIXEL_SCALE, build_discriminator, build_generator
+from .models.dcgan import (
+    GAN,
+    PIXEL_OFFSET,
+    PIXEL_SCALE,
+    build_discriminator,
+    build_generator,
+    recalibrate_batchnorm,
+)
 from .quality import QualityScorer
 from .rundir import STATE, read_json, save_model, write_json
 
@@ -43,6 +50,7 @@ class GanMonitor(keras.callbacks.Callback):
         rng = np.random.default_rng([seed, 1])
         self.grid_latents = rng.standard_normal((64, latent_size)).astype(np.float32)
         self.score_latents = rng.standard_normal((samples, latent_size)).astype(np.float32)
+        self.calibration_latents = rng.standard_normal((4096, latent_size)).astype(np.float32)
         self.classifier = scorer.info.get("created", "") if scorer is not None else ""
         if state.get("classifier", "") != self.classifier:
             state = {**state, "best": None, "best_epoch": -1, "best_quality": {}}  # new scale
@@ -57,12 +65,16 @@ class GanMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
         gan: GAN = self.model  # type: ignore[assignment]
+        sampler = gan.generator
+        if gan.ema_generator is not None:
+            sampler = gan.ema_generator
+            recalibrate_batchnorm(sampler, self.calibration_latents)
         save_grid(self.run_dir / "samples" / f"epoch-{epoch + 1:03d}.png",
-                  generate_u8(gan.generator, self.grid_latents))
+                  generate_u8(sampler, self.grid_latents))
         quality: dict[str, Any] = {}
         value = -float(epoch)  # without a scorer the latest generator counts as best
         if self.scorer is not None:
-            quality = self.scorer.score(generate_u8(gan.generator, self.score_latents))
+            quality = self.scorer.score(generate_u8(sampler, self.score_latents))
             logs["confident_fraction"] = quality["confident_fraction"]
             logs["min_class_coverage"] = quality["min_class_coverage"]
             logs["frechet_distance"] = quality["frechet_distance"]
@@ -71,9 +83,11 @@ class GanMonitor(keras.callbacks.Callback):
         improved = value < self.best
         if improved:
             self.best, self.best_epoch, self.best_quality = value, epoch + 1, quality
-            save_model(gan.generator, self.run_dir / "generator.keras")
+            save_model(sampler, self.run_dir / "generator.keras")
             save_model(gan.discriminator, self.run_dir / "discriminator.keras")
         save_model(gan.generator, self.run_dir / "last-generator.keras")
+        if gan.ema_generator is not None:
+            save_model(gan.ema_generator, self.run_dir / "last-ema-generator.keras")
         save_model(gan.discriminator, self.run_dir / "last-discriminator.keras")
         seconds = self.train_seconds + time.monotonic() - self._started
         write_json(self.run_dir / STATE, {
@@ -119,6 +133,8 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     if state:
         generator = keras.models.load_model(run_dir / "last-generator.keras")
+        ema_path = run_dir / "last-ema-generator.keras"
+        ema_generator = keras.models.load_model(ema_path) if ema_path.is_file() else None
         discriminator = keras.models.load_model(run_dir / "last-discriminator.keras")
         initial_epoch = int(state["epochs_run"])
         print(f"resuming {run_dir} after epoch {initial_epoch} (optimizer state restarts)",
@@ -126,8 +142,10 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     else:
         generator = build_generator(args.latent_size, height, args.channels, args.filters)
         discriminator = build_discriminator(height, args.channels, args.d_filters)
+        ema_generator = None
         initial_epoch = 0
-    gan = GAN(generator, discriminator, seed=args.seed)
+    gan = GAN(generator, discriminator, seed=args.seed, ema_decay=args.ema,
+              ema_generator=ema_generator)
     gan.compile(
         d_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
         g_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
@@ -159,6 +177,7 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "epochs_run": monitor.epochs_run,
             "params": int(generator.count_params()),
             "discriminator_params": int(discriminator.count_params()),
+            "ema_decay": args.ema,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
             "train_seconds": seconds,

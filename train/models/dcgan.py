@@ -71,11 +71,25 @@ class GAN(keras.Model):
     """Trains a generator against a discriminator with the non-saturating GAN loss."""
 
     def __init__(
-        self, generator: keras.Model, discriminator: keras.Model, seed: int = 0, **kwargs: Any
+        self,
+        generator: keras.Model,
+        discriminator: keras.Model,
+        seed: int = 0,
+        ema_decay: float = 0.999,
+        ema_generator: keras.Model | None = None,
+        **kwargs: Any,
     ) -> None:
+        """`ema_decay` > 0 keeps `ema_generator`, an exponential moving average of the
+        generator's weights (Yazici et al., 2019), which gives cleaner samples than the
+        generator itself; pass a saved one to resume it."""
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
+        self.ema_decay = float(ema_decay)
+        if self.ema_decay > 0 and ema_generator is None:
+            ema_generator = keras.models.clone_model(generator)
+            ema_generator.set_weights(generator.get_weights())
+        self.ema_generator = ema_generator if self.ema_decay > 0 else None
         self.latent_size = int(generator.input_shape[-1])
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
@@ -128,9 +142,28 @@ class GAN(keras.Model):
             g_loss = self.loss_fn(tf.ones((batch, 1)), fake_logits_g)
         grads = tape.gradient(g_loss, self.generator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
+        if self.ema_generator is not None:
+            for average, weight in zip(self.ema_generator.trainable_weights,
+                                       self.generator.trainable_weights, strict=True):
+                average.assign(self.ema_decay * average + (1.0 - self.ema_decay) * weight)
 
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         self.real_accuracy.update_state(tf.cast(real_logits > 0, "float32"))
         self.fake_accuracy.update_state(tf.cast(fake_logits < 0, "float32"))
         return {m.name: m.result() for m in self.metrics}
+
+
+def recalibrate_batchnorm(generator: keras.Model, latents: Any) -> None:
+    """Set every BatchNorm's moving mean and variance to the statistics of one large batch
+    (an averaged generator's weights do not match the moving statistics it inherited)."""
+    norms = [layer for layer in generator.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [layer.momentum for layer in norms]
+    try:
+        for layer in norms:
+            layer.momentum = 0.0
+        generator(latents, training=True)
+    finally:
+        for layer, momentum in zip(norms, saved, strict=True):
+            layer.momentum = momentum
