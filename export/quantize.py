@@ -38,6 +38,13 @@ from segen_edge.metadata import ModelInfo
 from .inference import make_session, run, to_model_layout
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Other ops the QDQ quantizer quantizes whose precision (not just data movement) matters:
+# the sensitivity search may leave these in float too.
+ARITHMETIC_OPS = (
+    "Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "MaxPool", "Relu",
+    "LeakyRelu", "Clip", "Sigmoid", "Softmax", "BatchNormalization", "InstanceNormalization",
+    "LayerNormalization",
+)
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -94,8 +101,20 @@ class Int8Quantizer:
         self.cache = self.workdir / f"calibration-{method}.json"
         graph = onnx.load(self.prepared).graph
         weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
-        self.candidates = [n.name for n in weighted]
-        self.labels = {n.name: layer_label(n) for n in weighted}
+        self.candidates = [n.name for n in weighted]  # what the speed search groups
+        floats = {
+            v.name for v in (*graph.value_info, *graph.output)
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        }
+        # What the sensitivity search may leave in float: weighted nodes, then arithmetic
+        # on float maps (not the int64 shape arithmetic of dynamic sizes).
+        self.sensitive = self.candidates + [
+            n.name for n in graph.node
+            if n.op_type in ARITHMETIC_OPS and n.output and n.output[0] in floats
+        ]
+        self.labels = {
+            n.name: layer_label(n) for n in graph.node if n.name in set(self.sensitive)
+        }
 
     def quantize(
         self, exclude: Sequence[str] = (), only: Sequence[str] | None = None
@@ -224,14 +243,15 @@ def rank_sensitivity(
     info: ModelInfo,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[tuple[str, float]]:
-    """Per-layer sensitivity: quantize one weighted node at a time and measure how far the
-    output moves from fp32 (relative squared error on `inputs`). Most sensitive first."""
+    """Per-layer sensitivity: quantize one node at a time (weighted ones, then arithmetic)
+    and measure how far the output moves from fp32 (relative squared error on `inputs`).
+    Most sensitive first."""
     scores = []
-    for i, node in enumerate(quantizer.candidates, 1):
+    for i, node in enumerate(quantizer.sensitive, 1):
         output = run(make_session(quantizer.quantize(only=[node])), inputs, info)
         scores.append((node, relative_error(output, reference)))
         label = quantizer.labels.get(node, node)
-        progress(f"sensitivity {i}/{len(quantizer.candidates)}: {label} {scores[-1][1]:.2e}")
+        progress(f"sensitivity {i}/{len(quantizer.sensitive)}: {label} {scores[-1][1]:.2e}")
     return sorted(scores, key=lambda item: item[1], reverse=True)
 
 
