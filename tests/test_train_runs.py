@@ -137,7 +137,7 @@ def test_unet_run_dir_and_resume(tmp_path: Path) -> None:
     assert main([*args, "--epochs", "1"]) == 1  # would overwrite: refused
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     resumed = json.loads((run / "model_info.json").read_text())
-    assert resumed["card"]["epochs_run"] == 2
+    assert resumed["card"]["epochs_run"] == 2 and len(resumed["card"]["commands"]) == 2
     assert resumed["card"]["held_out"] == card["held_out"]
     assert len((run / "log.csv").read_text().splitlines()) == 3
 

@@ -35,10 +35,31 @@ def evaluate_segmenter(
     return matrix
 
 
+def precise_batchnorm(model: keras.Model, images: np.ndarray, batch_size: int = 8) -> None:
+    """Replace every BatchNorm's moving mean/variance by the average of its batch statistics
+    over `images` ("precise BN"). With few steps per epoch and a high learning rate the
+    exponential moving averages lag the weights, and inference suffers; training does not
+    read these statistics, so this changes nothing but inference."""
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms or not len(images):
+        return
+    saved = [layer.momentum for layer in norms]
+    try:
+        for k, start in enumerate(range(0, len(images), batch_size), start=1):
+            for layer in norms:
+                layer.momentum = (k - 1) / k  # running average of the batches' statistics
+            model(images[start : start + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(norms, saved, strict=True):
+            layer.momentum = momentum
+
+
 class SegmentationValidator(keras.callbacks.Callback):
-    """After each epoch: validation mIoU / Dice / pixel accuracy into the logs (so CSVLogger
-    records them), the best model by val mIoU to model.keras, the last model and the run
-    state to last.keras / state.json (for --resume), and early stopping."""
+    """After each epoch: BatchNorm statistics recomputed on (unaugmented) training images,
+    validation mIoU / Dice / pixel accuracy into the logs (so CSVLogger records them), the
+    best model by val mIoU to model.keras, the last model and the run state to last.keras /
+    state.json (for --resume), and early stopping."""
 
     def __init__(
         self,
@@ -49,9 +70,11 @@ class SegmentationValidator(keras.callbacks.Callback):
         patience: int = 10,
         batch_size: int = 8,
         state: dict[str, Any] | None = None,
+        calibration_images: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.images = images
+        self.calibration_images = calibration_images
         self.full_masks = full_masks
         self.class_names = list(class_names)
         self.run_dir = Path(run_dir)
@@ -68,6 +91,8 @@ class SegmentationValidator(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
+        if self.calibration_images is not None:
+            precise_batchnorm(self.model, self.calibration_images, self.batch_size)
         matrix = evaluate_segmenter(
             self.model, self.images, self.full_masks, len(self.class_names), self.batch_size
         )

@@ -110,8 +110,12 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         initial_epoch = 0
     run_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("held_out", [p.stem for p in val_pairs])
+    state["commands"] = [*state.get("commands", []), command]  # every invocation
+    picks = np.random.default_rng(args.seed).permutation(len(train.stems))[:args.bn_images]
+    calibration = scale_images(train.images_u8[np.sort(picks)], PIXEL_SCALE, PIXEL_OFFSET)
     validator = SegmentationValidator(val_images, val.full_masks, class_names, run_dir,
-                                      args.patience, args.batch_size, state)
+                                      args.patience, args.batch_size, state,
+                                      calibration if args.bn_images > 0 else None)
     callbacks = [
         keras.callbacks.LearningRateScheduler(cosine_schedule(args.lr, args.epochs)),
         validator,
@@ -147,6 +151,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "train_seconds": round(seconds, 1),
             "framework": f"keras {keras.__version__}",
             "command": command,
+            "commands": state["commands"],
         },
     )
     write_json(run_dir / "model_info.json", info.to_dict())
