@@ -325,6 +325,9 @@ def generate(
     grid: Annotated[
         Path | None, typer.Option("--grid", help="Also write all images tiled into one PNG.")
     ] = None,
+    grid_scale: Annotated[
+        int, typer.Option("--grid-scale", min=1, max=16, help="Enlarge the grid N times (nearest).")
+    ] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
@@ -387,7 +390,8 @@ def generate(
             written += 1
         interrupted = stop.is_set()
     if grid is not None and keep_for_grid:
-        save_image(grid, make_grid(np.stack(keep_for_grid)))
+        tiles = make_grid(np.stack(keep_for_grid))
+        save_image(grid, tiles.repeat(grid_scale, axis=0).repeat(grid_scale, axis=1))
         _emit(grid)
     done = f"{written} written, {skipped} skipped (exist; --overwrite replaces); in {out}"
     if interrupted:

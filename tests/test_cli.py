@@ -254,6 +254,11 @@ def test_generate_grid_and_random_seed_is_reported(gen_model: Path, tmp_path: Pa
     assert code == 0 and "--seed" in stderr
     assert np.asarray(Image.open(grid)).shape == (2 * 10 + 2, 3 * 10 + 2)  # 3 columns, 2 rows, pad 2
     assert str(grid) in stdout.split()
+    code, _, _ = run(
+        "generate", "-n", "6", "-m", str(gen_model), "-o", str(tmp_path / "g"), "--seed", "1",
+        "--grid", str(grid), "--grid-scale", "3", "--overwrite",
+    )  # fmt: skip
+    assert code == 0 and np.asarray(Image.open(grid)).shape == (3 * 22, 3 * 32)
 
 
 def test_generate_rejects_segmenter(seg_model: Path, tmp_path: Path) -> None:
