@@ -32,7 +32,7 @@ step_fcn_pets() {  # same data, seed and fraction: the same held-out stems as un
 step_unet_membrane() {
     train unet-membrane unet --data "$DATA/membrane" --image-size 256 256 --channels 1 \
         --val-count 5 --class-names membrane cell --depth 4 --base-filters 8 --epochs 15 \
-        --batch-size 4 --lr 2e-3 --vflip --min-samples 100
+        --batch-size 4 --lr 2e-3 --vflip --min-samples 100 --bn-images 256
 }
 step_dcgan_mnist() {
     train dcgan-mnist dcgan --data "$DATA/mnist" --image-size 32 32 --channels 1 \

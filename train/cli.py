@@ -48,9 +48,10 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
                         help="passes over the training set per epoch (default: enough for "
                              "--min-samples)")
     parser.add_argument("--min-samples", type=int, default=200)
-    parser.add_argument("--bn-images", type=int, default=256,
-                        help="training images that BatchNorm statistics are recomputed on "
-                             "before each validation (0: keep the moving averages)")
+    parser.add_argument("--bn-images", type=int, default=0,
+                        help="recompute BatchNorm statistics on this many training images "
+                             "before each validation (default 0: keep the moving averages; "
+                             "use it when an epoch has few steps, e.g. membrane)")
     if arch == "unet":
         parser.add_argument("--depth", type=int, default=4)
     else:
