@@ -1,0 +1,80 @@
+"""The models that ship inside the package: present, described, and runnable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segen_edge import zoo
+from segen_edge.bench import sample_batch
+from segen_edge.evaluate import evaluate, held_out_pairs
+from segen_edge.generate import Generator
+from segen_edge.metadata import ModelInfo
+from segen_edge.model import open_model
+from segen_edge.onnxmeta import read_metadata
+from segen_edge.segment import Segmenter
+
+EXPECTED = {
+    "unet-pets": ("segment", {"fp32", "int8"}),
+    "fcn-pets": ("segment", {"int8"}),
+    "unet-membrane": ("segment", {"int8"}),
+    "dcgan-mnist": ("generate", set()),
+    "dcgan-fashion": ("generate", set()),
+}
+BUNDLED = zoo.bundled_models()
+
+
+def test_every_bundled_model_is_there_and_the_wheel_stays_small() -> None:
+    assert set(EXPECTED) <= set(BUNDLED)
+    for name, (_, precisions) in EXPECTED.items():
+        assert precisions <= set(BUNDLED[name].precisions), name
+    total = sum(p.stat().st_size for ref in BUNDLED.values() for p in ref.files.values())
+    assert total < 30e6
+    assert zoo.DEFAULT_MODELS == {"segment": "unet-pets", "generate": "dcgan-fashion"}
+
+
+@pytest.mark.parametrize(
+    ("name", "precision"),
+    [(n, p) for n, ref in sorted(BUNDLED.items()) for p in ref.precisions],
+)
+def test_bundled_model_metadata_and_one_run(name: str, precision: str) -> None:
+    path = BUNDLED[name].files[precision]
+    info = ModelInfo.from_props(read_metadata(path), source=str(path))
+    assert info.name == name and info.precision == precision
+    card = info.card
+    for key in ("dataset", "command", "export"):
+        assert card.get(key), f"{name}: card lacks {key}"
+    assert precision in card["export"]["precisions"], f"{name}: no measured figures for {precision}"
+    model = open_model(name, None, "cpu", precision, threads=1)
+    assert model.info == info
+    batch = sample_batch(model, 2)
+    if isinstance(model, Segmenter):
+        assert info.task == EXPECTED[name][0] == "segment"
+        assert card.get("held_out"), f"{name}: card lacks the held-out stems"
+        masks = model.predict_batch(batch.transpose(0, 2, 3, 1) if info.layout == "NCHW" else batch)
+        assert masks.shape == (2, *info.image_size)
+        assert masks.max() < len(info.class_names)
+    else:
+        assert isinstance(model, Generator) and EXPECTED[name][0] == "generate"
+        images = model.decode(batch)
+        assert images.shape == (2, *info.image_size, info.channels) and images.dtype == np.uint8
+        assert images.std() > 0
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/pets")
+@pytest.mark.parametrize("precision", BUNDLED["unet-pets"].precisions if "unet-pets" in BUNDLED else [])
+def test_unet_pets_reproduces_its_card_on_the_held_out_split(precision: str) -> None:
+    """What `segen-edge evaluate unet-pets --data ../shared/data/pets` prints is the card's mIoU."""
+    model = open_model("unet-pets", "segment", "cpu", precision, threads=2)
+    assert isinstance(model, Segmenter)
+    card = model.info.card
+    pairs = held_out_pairs(str(DATA), card["held_out"])
+    assert len(pairs) == len(card["held_out"]) > 100
+    result = evaluate(model, pairs, card["mask_encoding"])
+    assert result["miou"] == pytest.approx(card["export"]["precisions"][precision]["miou"], abs=0.005)
+    assert result["miou"] >= 0.65
