@@ -619,13 +619,15 @@ def _dispatch(package: str, what: str, args: list[str]) -> None:
 
     from .errors import MissingExtraError
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not errors
     try:
         for dependency in ("tensorflow", "keras", "tf2onnx", "onnx"):
             importlib.import_module(dependency)
         module = importlib.import_module(f"{package}.cli")
     except ImportError as exc:
         raise MissingExtraError(f"segen-edge {package} ({what}; missing {exc.name})", "train") from None
-    code = module.main(list(args))
+    extra = {"prog": "segen-edge train"} if package == "train" else {}  # so --help reads right
+    code = module.main(list(args), **extra)
     raise typer.Exit(int(code or 0))
 
 
