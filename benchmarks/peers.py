@@ -103,15 +103,9 @@ def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Runner:
 
 def _layout(info: ModelInfo, fn: Callable[[np.ndarray], np.ndarray]) -> Runner:
     """Wrap a model-layout function so it takes and returns NHWC like every other runner."""
-    if info.layout != "NCHW":
-        return fn
-    segment = info.task == "segment"
+    from export.inference import from_model_layout, to_model_layout
 
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if segment else x
-        return fn(x).transpose(0, 2, 3, 1)
-
-    return run
+    return lambda x: from_model_layout(fn(to_model_layout(x, info)), info)
 
 
 def ort_runner(path: Path, info: ModelInfo, threads: int) -> Runner:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +175,3 @@ def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exceptio
     fix = fixes.get(device, "check the onnxruntime install")
     return ProviderError(f"--device {device.value} did not load ({why}); {fix}, or use --device cpu")
 
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
