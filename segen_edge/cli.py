@@ -57,7 +57,18 @@ DeviceOpt = Annotated[
 PrecisionOpt = Annotated[
     Precision, typer.Option("--precision", "-p", help="Model precision; auto suits the provider.")
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads (default: every core).")
+]
+BatchThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="onnxruntime threads per run. Default 1: on the CPU, batches then run side by side, "
+        "one per core, which is faster than one batch over every core.",
+    ),
+]
 ImageSizeOpt = Annotated[
     tuple[int, int] | None,
     typer.Option("--image-size", help="HEIGHT WIDTH, for an ONNX file without segen metadata."),
@@ -219,7 +230,7 @@ def segment(
     ] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into folders.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
-    threads: ThreadsOpt = None,
+    threads: BatchThreadsOpt = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode/encode threads.")] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")
@@ -251,8 +262,10 @@ def segment(
         class_names=names,
         palette=_palette_for(names),
     )
-    segmenter = _open(model, "segment", device, precision, threads, overrides)
+    from .pipeline import batch_threads, lanes_for
     from .segment import Segmenter
+
+    segmenter = _open(model, "segment", device, precision, batch_threads(threads), overrides)
 
     assert isinstance(segmenter, Segmenter)
     plan = OutputPlan(out, kinds, inputs)
@@ -268,6 +281,7 @@ def segment(
             stop=stop,
             workers=workers,
             max_pixels=max_pixels,
+            lanes=lanes_for(segmenter.provider, threads),
         )
         for result in results:
             stop.announce()
@@ -331,7 +345,7 @@ def generate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 16,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
-    threads: ThreadsOpt = None,
+    threads: BatchThreadsOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     image_size: ImageSizeOpt = None,
     latent_size: Annotated[
@@ -356,7 +370,9 @@ def generate(
         pixel_scale=pixel_scale,
         pixel_offset=pixel_offset,
     )
-    generator = _open(model, "generate", device, precision, threads, overrides)
+    from .pipeline import batch_threads, lanes_for
+
+    generator = _open(model, "generate", device, precision, batch_threads(threads), overrides)
     assert isinstance(generator, Generator)
     name = generator.info.name or generator.loaded.path.stem
     keep_for_grid = []
@@ -367,7 +383,8 @@ def generate(
         task = bar.add_task("generate", total=n)
         pending = []
         index = 0
-        for images in generator.generate(n, seed, batch_size, stop):
+        lanes = lanes_for(generator.provider, threads)
+        for images in generator.generate(n, seed, batch_size, stop, lanes):
             stop.announce()
             for image in images:
                 path = out / f"{name}-s{seed}-{index:05d}.png"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .images import to_pixels
 from .model import Model
+from .pipeline import ordered_map
 
 
 class Generator(Model):
@@ -27,15 +29,24 @@ class Generator(Model):
         return to_pixels(values, self.info)
 
     def generate(
-        self, n: int, seed: int, batch_size: int = 16, stop: threading.Event | None = None
+        self,
+        n: int,
+        seed: int,
+        batch_size: int = 16,
+        stop: threading.Event | None = None,
+        lanes: int = 1,
     ) -> Iterator[np.ndarray]:
-        """Yield n images as (batch, H, W, C) uint8 arrays, one batch at a time."""
-        rng = np.random.default_rng(seed)
-        done = 0
-        while done < n and not (stop and stop.is_set()):
-            count = min(batch_size, n - done)
-            yield self.decode(rng.standard_normal((count, self.info.latent_size), dtype=np.float32))
-            done += count
+        """Yield n images as (batch, H, W, C) uint8 arrays, one batch at a time, in order;
+        `lanes` batches run at once (see pipeline.lanes_for)."""
+
+        def latents() -> Iterator[np.ndarray]:
+            rng = np.random.default_rng(seed)
+            for start in range(0, n, batch_size):
+                count = min(batch_size, n - start)
+                yield rng.standard_normal((count, self.info.latent_size), dtype=np.float32)
+
+        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
+            yield from ordered_map(self.decode, latents(), runners, lanes + 1, stop)
 
 
 def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:

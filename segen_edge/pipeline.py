@@ -1,12 +1,19 @@
-"""Bounded, ordered, lazy parallel map: the streaming part of every batch verb.
+"""Bounded, ordered, lazy parallel map, and how a batch job spreads over the CPU cores.
 
 Decoding, resizing and PNG encoding run in worker threads while onnxruntime (which releases
 the GIL) runs the model, so the cores stay busy. At most `window` items are in flight, so
 memory stays flat however many files a folder holds.
+
+On the CPU a batch job runs the model in *lanes*: several batches at once, each on one
+onnxruntime thread, rather than one batch at a time spread over every core. One thread per
+run needs no barrier between the threads of each operator, so a core that stops to decode a
+JPEG never stalls the others; measured on 2 cores (batch 8), lanes ran the pets U-Net 5-25%
+and the FCN 10-40% faster than one run on two threads, before any decoding was added.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -63,3 +70,25 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
             batch = []
     if batch:
         yield batch
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def batch_threads(threads: int | None) -> int:
+    """onnxruntime intra-op threads for each run of a batch job: `threads` if given, else 1
+    (the lanes then use the cores)."""
+    return threads or 1
+
+
+def lanes_for(provider: str, threads: int | None) -> int:
+    """Runs in flight at once: cores / threads per run on the CPU provider; one elsewhere
+    (CUDA queues work on its own stream, OpenVINO spreads one run over its own threads)."""
+    if provider != "cpu":
+        return 1
+    return max(1, cpu_count() // batch_threads(threads))

@@ -9,9 +9,8 @@ from __future__ import annotations
 import glob
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from .images import (
     save_image,
 )
 from .model import Model
-from .pipeline import ordered_map
+from .pipeline import cpu_count, ordered_map
 
 SAVE_KINDS = ("mask", "color", "overlay")
 
@@ -131,15 +130,17 @@ class Segmenter(Model):
         stop: threading.Event | None = None,
         workers: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        lanes: int = 1,
     ) -> Iterator[ImageResult]:
-        """Segment a stream of images, yielding one ImageResult per input as it completes.
+        """Segment a stream of images, yielding one ImageResult per input, in input order.
 
-        Decoding and writing run in worker threads, overlapping with inference; at most a
-        few batches are in memory at any time. When `stop` is set, the batch in progress is
-        finished and written, and nothing new is started.
+        Worker threads decode and resize ahead of the model; `lanes` batches run at once,
+        each finishing its own images (resize back, PNG encode, atomic write) in its lane.
+        At most a few batches are in memory at any time. When `stop` is set, the batches in
+        progress are finished and written, and nothing new is started.
         """
-        workers = workers or max(2, (os.cpu_count() or 2))
-        window = max(batch_size * 3, workers * 2)
+        workers = workers or max(2, cpu_count())
+        window = max(batch_size * (lanes + 2), workers * 2)
         planned = ((src, {} if src.error else plan.targets(src)) for src in sources)  # names in order
 
         def load(item: tuple[Source, dict[str, Path]]) -> _Loaded | ImageResult:
@@ -154,30 +155,38 @@ class Segmenter(Model):
             except BadInputError as exc:
                 return ImageResult(src, "failed", error=str(exc))
 
-        writes: deque[Future[ImageResult]] = deque()
-        with ThreadPoolExecutor(workers, thread_name_prefix="segen") as pool:
-            batch: list[_Loaded] = []
-            for item in ordered_map(load, planned, pool, window, stop):
-                if isinstance(item, ImageResult):
-                    yield item
-                    continue
-                batch.append(item)
-                if len(batch) == batch_size:
-                    self._submit(batch, pool, writes)
-                    batch = []
-                while len(writes) > window or (writes and writes[0].done()):
-                    yield writes.popleft().result()
-            if batch and not (stop and stop.is_set()):
-                self._submit(batch, pool, writes)
-            while writes:
-                yield writes.popleft().result()
+        def batches(loaded: Iterable[_Loaded | ImageResult]) -> Iterator[list[_Loaded | ImageResult]]:
+            """Input-ordered groups holding `batch_size` decoded images each; skipped and
+            failed inputs ride along (a long run of them makes a group of its own)."""
+            group: list[_Loaded | ImageResult] = []
+            images = 0
+            for item in loaded:
+                group.append(item)
+                images += isinstance(item, _Loaded)
+                if images == batch_size or (not images and len(group) >= window):
+                    yield group
+                    group, images = [], 0
+            if stop and stop.is_set():  # a part batch is not started after a stop
+                group = [item for item in group if isinstance(item, ImageResult)]
+            if group:
+                yield group
 
-    def _submit(
-        self, batch: list[_Loaded], pool: ThreadPoolExecutor, writes: deque[Future[ImageResult]]
-    ) -> None:
-        masks = self.predict_batch(np.stack([item.model_input for item in batch]))
-        for item, mask in zip(batch, masks, strict=True):
-            writes.append(pool.submit(self._finish, item, mask))
+        with (
+            ThreadPoolExecutor(workers, thread_name_prefix="segen-io") as io,
+            ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners,
+        ):
+            # stop reaches the decoders only: batches already decoded are run and written.
+            for results in ordered_map(
+                self._run_batch, batches(ordered_map(load, planned, io, window, stop)), runners, lanes + 1
+            ):
+                yield from results
+
+    def _run_batch(self, group: list[_Loaded | ImageResult]) -> list[ImageResult]:
+        images = [item for item in group if isinstance(item, _Loaded)]
+        if not images:
+            return [item for item in group if isinstance(item, ImageResult)]
+        masks = iter(self.predict_batch(np.stack([item.model_input for item in images])))
+        return [item if isinstance(item, ImageResult) else self._finish(item, next(masks)) for item in group]
 
     def _finish(self, item: _Loaded, mask_small: np.ndarray) -> ImageResult:
         image = item.decoded.image_u8

@@ -174,4 +174,3 @@ def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exceptio
     }
     fix = fixes.get(device, "check the onnxruntime install")
     return ProviderError(f"--device {device.value} did not load ({why}); {fix}, or use --device cpu")
-
