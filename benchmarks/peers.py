@@ -46,6 +46,20 @@ Runner = Callable[[np.ndarray], np.ndarray]  # NHWC float32 (or latents) -> NHWC
 
 
 @dataclass
+class Engine:
+    run: Runner  # one batch at a time: latency
+    stream: Callable[[list[np.ndarray]], None] | None = None  # many batches its own way: throughput
+
+    def throughput(self, batches: list[np.ndarray]) -> float:
+        """Images per second over a stream of batches (after a short warm-up)."""
+        go = self.stream or (lambda xs: [self.run(x) for x in xs])
+        go(batches[:2])
+        start = time.perf_counter()
+        go(batches)
+        return sum(len(x) for x in batches) / (time.perf_counter() - start)
+
+
+@dataclass
 class Case:
     name: str
     info: ModelInfo
@@ -61,14 +75,14 @@ class Case:
 # -- runners ---------------------------------------------------------------------------------
 
 
-def keras_runner(model: Any) -> Runner:
+def keras_runner(model: Any) -> Engine:
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: np.asarray(forward(tf.constant(x)))
+    return Engine(lambda x: np.asarray(forward(tf.constant(x))))
 
 
-def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Runner:
+def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Engine:
     """fp32 (calib None) or full-integer int8 with float input/output."""
     import tensorflow as tf
 
@@ -98,7 +112,7 @@ def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Runner:
         interp.invoke()
         return np.asarray(interp.get_tensor(interp.get_output_details()[0]["index"]))
 
-    return run
+    return Engine(run)
 
 
 def _layout(info: ModelInfo, fn: Callable[[np.ndarray], np.ndarray]) -> Runner:
@@ -108,7 +122,7 @@ def _layout(info: ModelInfo, fn: Callable[[np.ndarray], np.ndarray]) -> Runner:
     return lambda x: from_model_layout(fn(to_model_layout(x, info)), info)
 
 
-def ort_runner(path: Path, info: ModelInfo, threads: int) -> Runner:
+def ort_runner(path: Path, info: ModelInfo, threads: int) -> Engine:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -116,35 +130,61 @@ def ort_runner(path: Path, info: ModelInfo, threads: int) -> Runner:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return _layout(info, lambda x: session.run(None, {name: x})[0])
+    return Engine(_layout(info, lambda x: session.run(None, {name: x})[0]))
 
 
-def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Runner | None:
+def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Engine | None:
+    """OpenVINO as its documentation suggests: the LATENCY hint for one request at a time,
+    the THROUGHPUT hint with an AsyncInferQueue (several requests in flight) for streams."""
     try:
         import openvino as ov
     except ImportError:
         return None
+    from export.inference import to_model_layout
+
     core = ov.Core()
     model = core.read_model(str(path))
-    compiled: dict[tuple[int, ...], Any] = {}
+    compiled: dict[tuple[Any, ...], Any] = {}
+
+    def compile_for(shape: tuple[int, ...], hint: str) -> Any:
+        if (shape, hint) not in compiled:
+            m = model.clone()
+            m.reshape({m.inputs[0].get_any_name(): list(shape)})
+            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": hint}
+            compiled[shape, hint] = core.compile_model(m, "CPU", config)
+        return compiled[shape, hint]
 
     def run(x: np.ndarray) -> np.ndarray:
-        if x.shape not in compiled:
-            m = model.clone()
-            m.reshape({m.inputs[0].get_any_name(): list(x.shape)})
-            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            compiled[x.shape] = core.compile_model(m, "CPU", config)
-        request = compiled[x.shape]
-        return np.asarray(request(x)[0])
+        return np.asarray(compile_for(x.shape, "LATENCY")(x)[0])
 
-    return _layout(info, run)
+    def stream(batches: list[np.ndarray]) -> None:
+        inputs = [to_model_layout(x, info) for x in batches]
+        queue = ov.AsyncInferQueue(compile_for(inputs[0].shape, "THROUGHPUT"))
+        for x in inputs:
+            queue.start_async(x)
+        queue.wait_all()
+
+    return Engine(_layout(info, run), stream)
 
 
-def segen_runner(spec: str, task: str, threads: int) -> tuple[Runner, str]:
+def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
+    """segen-edge's engine: one run over every core for latency; for a stream of batches,
+    what `segment`/`generate` do (lanes: runs side by side, one thread each, on the CPU)."""
     from segen_edge.model import open_model
+    from segen_edge.pipeline import lanes_for
 
     model = open_model(spec, task, "auto", "auto", threads, warn=lambda _: None)
-    return _layout(model.info, model.run), f"{model.provider} {model.info.precision}"
+    lane_model = open_model(spec, task, "auto", "auto", 1, warn=lambda _: None)
+    lanes = lanes_for(lane_model.provider, 1)
+    from export.inference import to_model_layout
+
+    def stream(batches: list[np.ndarray]) -> None:
+        inputs = (to_model_layout(x, lane_model.info) for x in batches)
+        for _ in lane_model.run_many(inputs, lanes):
+            pass
+
+    how = f"{model.provider} {model.info.precision}, {lanes} lane{'s' if lanes > 1 else ''}"
+    return Engine(_layout(model.info, model.run), stream), how
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -177,7 +217,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
         many = rng.standard_normal((big, info.latent_size), dtype=np.float32)
     else:
         one, many = case.real_inputs[:1], np.resize(case.real_inputs, (big, *case.real_inputs.shape[1:]))
-    runners: list[tuple[str, Callable[[], Runner | None]]] = []
+    runners: list[tuple[str, Callable[[], Engine | None]]] = []
     if case.keras_model is not None:
         runners += [
             ("keras fp32", lambda: keras_runner(case.keras_model)),
@@ -188,23 +228,26 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
     if case.int8 is not None:
         runners.append(("onnxruntime int8", lambda: ort_runner(case.int8, info, threads)))
     runners.append(("openvino fp32", lambda: openvino_runner(case.fp32, info, threads)))
+    if case.int8 is not None:
+        runners.append(("openvino int8", lambda: openvino_runner(case.int8, info, threads)))
     reference = None
     for label, make in [*runners, ("segen-edge auto", lambda: None)]:
         try:
             if label == "segen-edge auto":
-                run, how = segen_runner(case.segen_spec, info.task, threads)
+                engine, how = segen_runner(case.segen_spec, info.task, threads)
                 label = f"segen-edge auto ({how})"
             else:
                 made = make()
                 if made is None:
                     print(f"  {label}: not installed, skipped", file=sys.stderr)
                     continue
-                run = made
+                engine = made
+            run = engine.run
             out = np.concatenate([run(case.real_inputs[i : i + 1]) for i in range(len(case.real_inputs))])
             if reference is None:
                 reference = out  # the first runner: Keras fp32, else onnxruntime fp32
             ms1 = latency(run, one, runs)
-            msb = latency(run, many, max(5, runs // 4))
+            images_per_s = engine.throughput([many] * max(8, runs // 4))
         except Exception as exc:  # a peer that cannot run this model is reported, not fatal
             print(f"  {label}: failed ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
             continue
@@ -215,7 +258,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
                 "p50_ms": float(np.percentile(ms1, 50)),
                 "p90_ms": float(np.percentile(ms1, 90)),
                 "batch": big,
-                "throughput": big / (float(np.median(msb)) / 1e3),
+                "throughput": images_per_s,
                 "agreement": agreement(case, out, reference),
             }
         )
@@ -236,11 +279,13 @@ def real_inputs(info: ModelInfo, folder: Path, stems: list[str] | None, count: i
     return np.stack([preprocess(load_image(p.image, info.channels).image_u8, info) for p in pairs[:count]])
 
 
-def bundled_cases(runs_dir: Path, data: Path, count: int) -> list[Case]:
+def bundled_cases(runs_dir: Path, data: Path, count: int, only: list[str] | None = None) -> list[Case]:
     from export.convert import load_keras
 
     cases = []
     for name, ref in zoo.bundled_models().items():
+        if only and name not in only:
+            continue
         fp32 = ref.files.get("fp32")
         int8 = ref.files.get("int8")
         source = fp32 or int8 or next(iter(ref.files.values()))
@@ -294,7 +339,7 @@ def export_int8(fp32: Path, info: ModelInfo, calib: np.ndarray) -> Path:
     return path
 
 
-def seed_cases(data: Path, count: int) -> list[Case]:
+def seed_cases(data: Path, count: int, only: list[str] | None = None) -> list[Case]:
     import keras
 
     from segen_edge.masks import default_palette
@@ -333,6 +378,8 @@ def seed_cases(data: Path, count: int) -> list[Case]:
     ]
     cases = []
     for name, model, info in specs:
+        if only and name not in only:
+            continue
         if info.task == "segment":
             real = real_inputs(info, data, None, count)
         else:
@@ -362,9 +409,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args()
 
-    cases = bundled_cases(args.runs_dir, args.data, args.images)
+    cases = bundled_cases(args.runs_dir, args.data, args.images, args.only)
     if not args.skip_seed:
-        cases += seed_cases(args.data, args.images)
+        cases += seed_cases(args.data, args.images, args.only)
     if args.only:
         cases = [c for c in cases if c.name in args.only]
     rows = []

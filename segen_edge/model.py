@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,13 @@ class Model:
                 part = np.concatenate([part, np.zeros((short, *part.shape[1:]), part.dtype)])
             parts.append(self._run(part)[: fixed - short])
         return np.concatenate(parts)
+
+    def run_many(self, batches: Iterable[np.ndarray], lanes: int = 1) -> Iterator[np.ndarray]:
+        """run() each batch, `lanes` at once (see pipeline.lanes_for), yielding in order."""
+        from .pipeline import ordered_map
+
+        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
+            yield from ordered_map(self.run, batches, runners, lanes + 1)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         loaded = self.loaded

@@ -131,3 +131,11 @@ def photo_dir(tmp_path: Path) -> Path:
     solid(folder / "green.jpg", (0, 200, 0), (17, 9))
     solid(folder / "blue.bmp", (0, 0, 250), (5, 40))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _optimized_model_cache(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep onnxruntime's optimized graphs out of the user's ~/.cache during tests."""
+    folder = tmp_path_factory.getbasetemp() / "ort-cache"
+    monkeypatch.setenv("SEGEN_EDGE_CACHE", str(folder))
+    return folder

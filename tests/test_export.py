@@ -88,11 +88,18 @@ def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     model.fit(np.stack(images) / 255.0, np.stack(masks), epochs=30, batch_size=12, verbose=0)
     run_dir = root / "run"
-    _write_info(run_dir, ModelInfo(
-        task="segment", arch="unet", name="tiny-unet", image_size=(SIZE, SIZE),
-        class_names=("background", "square"), palette=((0, 0, 0), (255, 255, 255)),
-        card={"data": str(data), "mask_encoding": "index", "held_out": HELD_OUT, "seed": 0},
-    ))
+    _write_info(
+        run_dir,
+        ModelInfo(
+            task="segment",
+            arch="unet",
+            name="tiny-unet",
+            image_size=(SIZE, SIZE),
+            class_names=("background", "square"),
+            palette=((0, 0, 0), (255, 255, 255)),
+            card={"data": str(data), "mask_encoding": "index", "held_out": HELD_OUT, "seed": 0},
+        ),
+    )
     model.save(run_dir / "model.keras")
     return run_dir
 
@@ -158,13 +165,26 @@ def test_int8_is_close_to_fp32_and_size_is_dynamic(seg_export: Path) -> None:
     assert any(node.op_type == "DequantizeLinear" for node in graph.node)
 
 
-def test_sensitivity_keeps_layers_in_float_until_within_budget(
-    seg_run: Path, tmp_path: Path
-) -> None:
+def test_sensitivity_keeps_layers_in_float_until_within_budget(seg_run: Path, tmp_path: Path) -> None:
     # A negative budget can never be met: every weighted node ends up in float, in order.
-    code = main([str(seg_run), "--out", str(tmp_path), "--precision", "int8", "--max-drop",
-                 "-1", "--calib-count", "4", "--latency-runs", "1", "--name", "t",
-                 "--no-speed-search"])
+    code = main(
+        [
+            str(seg_run),
+            "--out",
+            str(tmp_path),
+            "--precision",
+            "int8",
+            "--max-drop",
+            "-1",
+            "--calib-count",
+            "4",
+            "--latency-runs",
+            "1",
+            "--name",
+            "t",
+            "--no-speed-search",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "t-export.json").read_text())
     assert report["within_budget"] is False
@@ -188,13 +208,34 @@ def test_resolution_levels_put_the_largest_maps_first() -> None:
 def test_generator_exports_with_seeded_latents(tmp_path: Path) -> None:
     keras.utils.set_random_seed(1)
     run_dir = tmp_path / "gan"
-    _write_info(run_dir, ModelInfo(
-        task="generate", arch="dcgan", name="tiny-gan", image_size=(16, 16), channels=1,
-        pixel_scale=1 / 127.5, pixel_offset=-1.0, latent_size=8, card={"seed": 0},
-    ))
+    _write_info(
+        run_dir,
+        ModelInfo(
+            task="generate",
+            arch="dcgan",
+            name="tiny-gan",
+            image_size=(16, 16),
+            channels=1,
+            pixel_scale=1 / 127.5,
+            pixel_offset=-1.0,
+            latent_size=8,
+            card={"seed": 0},
+        ),
+    )
     _tiny_generator(8).save(run_dir / "generator.keras")
-    code = main([str(run_dir), "--precision", "fp16,int8", "--calib-count", "16",
-                 "--latency-runs", "1", "--eval-limit", "32"])
+    code = main(
+        [
+            str(run_dir),
+            "--precision",
+            "fp16,int8",
+            "--calib-count",
+            "16",
+            "--latency-runs",
+            "1",
+            "--eval-limit",
+            "32",
+        ]
+    )
     assert code == 0
     report = json.loads((run_dir / "onnx" / "tiny-gan-export.json").read_text())
     rows = {row["precision"]: row for row in report["precisions"]}

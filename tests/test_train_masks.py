@@ -21,8 +21,7 @@ from segen_edge.masks import (
 )
 
 
-def _save(path: Path, array: np.ndarray, mode: str | None = None,
-          palette: list[int] | None = None) -> Path:
+def _save(path: Path, array: np.ndarray, mode: str | None = None, palette: list[int] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array.astype(np.uint8), mode=mode) if mode else Image.fromarray(array)
     if palette is not None:
@@ -133,9 +132,7 @@ def test_find_pairs_layouts(tmp_path: Path, images: str, masks: str, base: str) 
     assert pairs[0].image.name == "a.jpg" and pairs[0].mask is not None
     assert pairs[0].mask.name == "a.png"
     all_pairs = find_pairs(root, require_masks=False)
-    assert [(p.stem, p.mask is None) for p in all_pairs] == [
-        ("a", False), ("b", False), ("c", True)
-    ]
+    assert [(p.stem, p.mask is None) for p in all_pairs] == [("a", False), ("b", False), ("c", True)]
 
 
 def test_find_pairs_matches_mask_suffix(tmp_path: Path) -> None:

@@ -51,9 +51,10 @@ def test_bilinear_kernel_upsamples_a_constant_to_a_constant() -> None:
     np.testing.assert_allclose(out[0, 1:-1, 1:-1], 1.0, atol=1e-6)  # interior: exact
 
 
-@pytest.mark.parametrize(("variant", "ups"), [("8s", {"upscore2": 4, "upscore_pool4": 4,
-                                                       "upscore8": 16}),
-                                               ("32s", {"upscore32": 64})])
+@pytest.mark.parametrize(
+    ("variant", "ups"),
+    [("8s", {"upscore2": 4, "upscore_pool4": 4, "upscore8": 16}), ("32s", {"upscore32": 64})],
+)
 def test_fcn_transposed_convs_start_bilinear(variant: str, ups: dict[str, int]) -> None:
     model = build_fcn((64, 64), 3, channels=3, base_filters=4, variant=variant)
     assert model.output_shape == (None, 64, 64, 3)
@@ -84,8 +85,7 @@ def test_dcgan_shapes(size: int, channels: int) -> None:
 def test_gan_trains_a_few_steps_and_is_seeded() -> None:
     def run() -> tuple[dict[str, float], np.ndarray]:
         keras.utils.set_random_seed(3)
-        gan = GAN(build_generator(8, 32, 1, filters=8), build_discriminator(32, 1, filters=8),
-                  seed=3)
+        gan = GAN(build_generator(8, 32, 1, filters=8), build_discriminator(32, 1, filters=8), seed=3)
         gan.compile()
         real = np.random.default_rng(1).uniform(-1, 1, (16, 32, 32, 1)).astype(np.float32)
         history = gan.fit(real, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -101,9 +101,10 @@ def test_gan_trains_a_few_steps_and_is_seeded() -> None:
 def test_unet_fits_a_few_steps_with_ignore_index() -> None:
     keras.utils.set_random_seed(0)
     model = build_unet((32, 32), 2, channels=1, depth=2, base_filters=8)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                  ignore_class=255))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+    )
     x = np.random.default_rng(0).uniform(0, 1, (8, 32, 32, 1)).astype(np.float32)
     y = (x[..., 0] > 0.5).astype(np.int32)
     y[:, :4] = 255

@@ -47,8 +47,7 @@ def _pets(root: Path, n: int = 8, size: int = 32) -> Path:
 
 
 def _idx(path: Path, array: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
 
@@ -77,11 +76,14 @@ def test_split_is_seeded_and_disjoint() -> None:
 def test_batches_scale_like_preprocess_and_augment_pairs(tmp_path: Path) -> None:
     pairs = find_pairs(_pets(tmp_path / "pets", n=4, size=40))
     arrays = load_segmentation(pairs, (32, 32), 3, "trimap")
-    info = ModelInfo(task="segment", arch="unet", image_size=(32, 32),
-                     class_names=("pet", "background", "border"),
-                     palette=((1, 1, 1), (2, 2, 2), (3, 3, 3)))
-    plain = SegmentationBatches(arrays, 4, info.pixel_scale, info.pixel_offset, None,
-                                shuffle=False)
+    info = ModelInfo(
+        task="segment",
+        arch="unet",
+        image_size=(32, 32),
+        class_names=("pet", "background", "border"),
+        palette=((1, 1, 1), (2, 2, 2), (3, 3, 3)),
+    )
+    plain = SegmentationBatches(arrays, 4, info.pixel_scale, info.pixel_offset, None, shuffle=False)
     x, y = plain[0]
     from segen_edge.images import load_image
 
@@ -94,7 +96,8 @@ def test_batches_scale_like_preprocess_and_augment_pairs(tmp_path: Path) -> None
     rng = np.random.default_rng(0)
     for _ in range(5):
         aug_image, aug_mask = Augment(vflip=True, max_zoom=1.0, jitter=0.0).apply(
-            image_u8, arrays.masks[0], rng)
+            image_u8, arrays.masks[0], rng
+        )
         np.testing.assert_array_equal(aug_image[..., 0], aug_mask * 100)
         aug_image, aug_mask = Augment(max_zoom=1.5).apply(image_u8, arrays.masks[0], rng)
         assert aug_image.shape == image_u8.shape and aug_mask.shape == arrays.masks[0].shape
@@ -117,16 +120,36 @@ def test_idx_reader_and_mnist_padding(tmp_path: Path) -> None:
 def test_unet_run_dir_and_resume(tmp_path: Path) -> None:
     data = _pets(tmp_path / "pets")
     run = tmp_path / "run"
-    args = ["unet", "--data", str(data), "--image-size", "32", "32", "--batch-size", "4",
-            "--base-filters", "8", "--depth", "2", "--val-count", "2", "--min-samples", "8",
-            "--out", str(run), "--name", "unet-tiny", "--verbose", "0"]
+    args = [
+        "unet",
+        "--data",
+        str(data),
+        "--image-size",
+        "32",
+        "32",
+        "--batch-size",
+        "4",
+        "--base-filters",
+        "8",
+        "--depth",
+        "2",
+        "--val-count",
+        "2",
+        "--min-samples",
+        "8",
+        "--out",
+        str(run),
+        "--name",
+        "unet-tiny",
+        "--verbose",
+        "0",
+    ]
     assert main([*args, "--epochs", "1"]) == 0
     for name in ("model.keras", "model_info.json", "log.csv", "state.json"):
         assert (run / name).is_file(), name
     raw = json.loads((run / "model_info.json").read_text())
     info = ModelInfo.from_dict(raw)
-    assert (info.task, info.arch, info.name, info.image_size) == (
-        "segment", "unet", "unet-tiny", (32, 32))
+    assert (info.task, info.arch, info.name, info.image_size) == ("segment", "unet", "unet-tiny", (32, 32))
     assert info.class_names == ("pet", "background", "border") and len(info.palette) == 3
     card = info.card
     assert len(card["held_out"]) == 2 and card["mask_encoding"] == "trimap"
@@ -145,10 +168,35 @@ def test_unet_run_dir_and_resume(tmp_path: Path) -> None:
 def test_fcn_run(tmp_path: Path) -> None:
     data = _pets(tmp_path / "pets", n=5)
     run = tmp_path / "fcn"
-    assert main(["fcn", "--data", str(data), "--image-size", "32", "32", "--epochs", "1",
-                 "--batch-size", "4", "--base-filters", "4", "--variant", "32s",
-                 "--val-count", "1", "--min-samples", "4", "--out", str(run),
-                 "--verbose", "0"]) == 0
+    assert (
+        main(
+            [
+                "fcn",
+                "--data",
+                str(data),
+                "--image-size",
+                "32",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--base-filters",
+                "4",
+                "--variant",
+                "32s",
+                "--val-count",
+                "1",
+                "--min-samples",
+                "4",
+                "--out",
+                str(run),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert ModelInfo.from_dict(json.loads((run / "model_info.json").read_text())).arch == "fcn32s"
 
 
@@ -157,19 +205,46 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
 
     data = _mnist(tmp_path / "mnist")
     run = tmp_path / "gan"
-    args = ["dcgan", "--data", str(data), "--batch-size", "16", "--latent-size", "8",
-            "--filters", "8", "--d-filters", "8", "--samples", "20", "--out", str(run),
-            "--verbose", "0"]
+    args = [
+        "dcgan",
+        "--data",
+        str(data),
+        "--batch-size",
+        "16",
+        "--latent-size",
+        "8",
+        "--filters",
+        "8",
+        "--d-filters",
+        "8",
+        "--samples",
+        "20",
+        "--out",
+        str(run),
+        "--verbose",
+        "0",
+    ]
     assert main([*args, "--epochs", "1"]) == 0
-    for name in ("generator.keras", "discriminator.keras", "model_info.json", "log.csv",
-                 "samples/epoch-001.png", "classifier.keras"):
+    for name in (
+        "generator.keras",
+        "discriminator.keras",
+        "model_info.json",
+        "log.csv",
+        "samples/epoch-001.png",
+        "classifier.keras",
+    ):
         assert (run / name).is_file(), name
     info = ModelInfo.from_dict(json.loads((run / "model_info.json").read_text()))
     assert (info.task, info.arch, info.latent_size, info.channels) == ("generate", "dcgan", 8, 1)
     assert info.pixel_scale == pytest.approx(1 / 127.5) and info.pixel_offset == -1.0
     quality = info.card["quality"]
-    assert {"confident_fraction", "min_class_coverage", "frechet_distance",
-            "frechet_floor_real_vs_real", "class_coverage"} <= set(quality)
+    assert {
+        "confident_fraction",
+        "min_class_coverage",
+        "frechet_distance",
+        "frechet_floor_real_vs_real",
+        "class_coverage",
+    } <= set(quality)
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     resumed = json.loads((run / "model_info.json").read_text())["card"]
     assert resumed["epochs_run"] == 2 and len(resumed["commands"]) == 2
@@ -182,8 +257,7 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
     assert scorer.score(real.images_u8[:20, 2:30, 2:30, 0])["samples"] == 20  # 28x28 grey
 
 
-def test_bad_input_is_one_line_and_exit_1(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["unet", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()

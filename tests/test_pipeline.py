@@ -1,0 +1,74 @@
+"""The streaming pipeline: lanes (several runs at once) change nothing but speed."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import solid
+
+from segen_edge.images import find_images
+from segen_edge.model import open_model
+from segen_edge.pipeline import cpu_count, lanes_for, ordered_map
+from segen_edge.segment import OutputPlan
+
+
+def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:
+    in_flight, peak, lock = 0, 0, threading.Lock()
+
+    def slow(i: int) -> int:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(random.random() / 500)
+        with lock:
+            in_flight -= 1
+        return i * i
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(ordered_map(slow, range(60), pool, window=3)) == [i * i for i in range(60)]
+    assert peak <= 3
+
+
+def test_lanes_only_on_the_cpu_provider() -> None:
+    assert lanes_for("cpu", None) == cpu_count()
+    assert lanes_for("cpu", cpu_count()) == 1
+    assert lanes_for("cpu", 10_000) == 1
+    assert lanes_for("cuda", None) == lanes_for("openvino", None) == 1
+
+
+def _segment(model: Path, folder: Path, out: Path, lanes: int) -> list[tuple[str, str, bytes]]:
+    segmenter = open_model(str(model), "segment", "cpu", threads=1, warn=lambda _: None)
+    plan = OutputPlan(out, ["mask"], [str(folder)])
+    results = segmenter.segment_files(find_images([str(folder)]), plan, batch_size=2, lanes=lanes)
+    return [(r.source.path.name, r.status, r.outputs[0].read_bytes() if r.outputs else b"") for r in results]
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_segment_lanes_give_the_same_files_in_input_order(
+    seg_model: Path, tmp_path: Path, lanes: int
+) -> None:
+    folder = tmp_path / "in"
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for i in range(11):
+        solid(folder / f"img{i:02d}.png", colours[i % 3], size=(9 + i, 14))
+    (folder / "img05.png").write_bytes(b"broken")  # a failure mid-batch
+    one = _segment(seg_model, folder, tmp_path / "one", 1)
+    many = _segment(seg_model, folder, tmp_path / "many", lanes)
+    assert many == one
+    assert [name for name, _, _ in many] == sorted(p.name for p in folder.iterdir())
+    assert [status for _, status, _ in many].count("failed") == 1
+
+
+def test_generate_lanes_give_the_same_images(gen_model: Path) -> None:
+    generator = open_model(str(gen_model), "generate", "cpu", threads=1, warn=lambda _: None)
+    one = np.concatenate(list(generator.generate(37, seed=3, batch_size=5, lanes=1)))  # type: ignore[attr-defined]
+    many = np.concatenate(list(generator.generate(37, seed=3, batch_size=5, lanes=3)))  # type: ignore[attr-defined]
+    assert one.shape[0] == 37
+    np.testing.assert_array_equal(one, many)
