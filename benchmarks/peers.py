@@ -22,6 +22,8 @@ Needs the train extra (TensorFlow) and, for the OpenVINO row, `pip install openv
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -96,7 +98,8 @@ def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Engine:
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    blob = converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel
+        blob = converter.convert()
     interpreters: dict[int, Any] = {}
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -230,7 +233,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
     runners.append(("openvino fp32", lambda: openvino_runner(case.fp32, info, threads)))
     if case.int8 is not None:
         runners.append(("openvino int8", lambda: openvino_runner(case.int8, info, threads)))
-    reference = None
+    engines: list[tuple[str, Engine, np.ndarray]] = []
     for label, make in [*runners, ("segen-edge auto", lambda: None)]:
         try:
             if label == "segen-edge auto":
@@ -242,15 +245,27 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
                     print(f"  {label}: not installed, skipped", file=sys.stderr)
                     continue
                 engine = made
-            run = engine.run
-            out = np.concatenate([run(case.real_inputs[i : i + 1]) for i in range(len(case.real_inputs))])
-            if reference is None:
-                reference = out  # the first runner: Keras fp32, else onnxruntime fp32
-            ms1 = latency(run, one, runs)
-            images_per_s = engine.throughput([many] * max(8, runs // 4))
+            out = np.concatenate(
+                [engine.run(case.real_inputs[i : i + 1]) for i in range(len(case.real_inputs))]
+            )
         except Exception as exc:  # a peer that cannot run this model is reported, not fatal
             print(f"  {label}: failed ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
             continue
+        engines.append((label, engine, out))
+    if not engines:
+        return
+    # Round robin: every engine is timed in each of `rounds` rounds, so a slow spell of a
+    # shared machine hits them all alike instead of whichever ran during it.
+    rounds = 4
+    times: dict[str, list[np.ndarray]] = {label: [] for label, _, _ in engines}
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in engines}
+    for _ in range(rounds):
+        for label, engine, _ in engines:
+            times[label].append(latency(engine.run, one, max(5, runs // rounds)))
+            rates[label].append(engine.throughput([many] * max(4, runs // (2 * rounds))))
+    reference = engines[0][2]  # Keras fp32, else onnxruntime fp32
+    for label, _, out in engines:
+        ms1 = np.concatenate(times[label])
         case.rows.append(
             {
                 "model": case.name,
@@ -258,7 +273,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
                 "p50_ms": float(np.percentile(ms1, 50)),
                 "p90_ms": float(np.percentile(ms1, 90)),
                 "batch": big,
-                "throughput": images_per_s,
+                "throughput": float(np.median(rates[label])),
                 "agreement": agreement(case, out, reference),
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,7 +25,9 @@ class BenchResult:
     p99_ms: float
     mean_ms: float
     std_ms: float
-    images_per_s: float
+    images_per_s: float  # one run at a time (over every core unless --threads)
+    stream_images_per_s: float  # a stream of batches run as segment/generate run them
+    lanes: int  # runs in flight for the stream figure
     size_mb: float
     path: str
 
@@ -44,8 +47,27 @@ def sample_batch(model: Model, batch_size: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if info.layout == "NCHW" else batch
 
 
-def measure(model: Model, batch_size: int, runs: int = 50, warmup: int = 5) -> BenchResult:
-    """Time `runs` calls of the session on one batch, after `warmup` untimed calls."""
+def stream_throughput(model: Model, batch_size: int, lanes: int, runs: int) -> float:
+    """Images/s of `runs` batches through Model.run_many with `lanes` runs in flight."""
+    batch = sample_batch(model, batch_size)
+    for _ in model.run_many([batch] * lanes, lanes):  # warm every lane
+        pass
+    start = time.perf_counter()
+    for _ in model.run_many(itertools.repeat(batch, runs), lanes):
+        pass
+    return batch_size * runs / (time.perf_counter() - start)
+
+
+def measure(
+    model: Model,
+    batch_size: int,
+    runs: int = 50,
+    warmup: int = 5,
+    lane_model: Model | None = None,
+    lanes: int = 1,
+) -> BenchResult:
+    """Time `runs` calls of the session on one batch, after `warmup` untimed calls; and the
+    throughput of `runs` batches through `lane_model` (default `model`) in `lanes` lanes."""
     batch = sample_batch(model, batch_size)
     for _ in range(warmup):
         model.run(batch)
@@ -69,6 +91,8 @@ def measure(model: Model, batch_size: int, runs: int = 50, warmup: int = 5) -> B
         mean_ms=round(float(ms.mean()), 3),
         std_ms=round(float(ms.std()), 3),
         images_per_s=round(batch_size / float(times.mean()), 1),
+        stream_images_per_s=round(stream_throughput(lane_model or model, batch_size, lanes, runs), 1),
+        lanes=lanes,
         size_mb=round(path.stat().st_size / 1e6, 2),
         path=str(path),
     )

@@ -432,10 +432,15 @@ def bench(
     threads: ThreadsOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON.")] = None,
 ) -> None:
-    """Measure latency (p50/p90/p99) and throughput per model, precision and batch size."""
+    """Measure latency (p50/p90/p99) and throughput per model, precision and batch size.
+
+    images/s: one run at a time. stream/s: a stream of batches run the way segment and
+    generate run them (on the CPU, one run per core side by side, one thread each).
+    """
     from . import zoo
     from .bench import measure
     from .model import open_model
+    from .pipeline import batch_threads, lanes_for
 
     try:
         sizes = [int(s) for s in batch_size.split(",") if s.strip()]
@@ -455,9 +460,13 @@ def bench(
             wanted = [p.strip() for p in precision.split(",")]
         for prec in wanted:
             loaded = open_model(spec, None, device, prec, threads, warn=_note)
+            lanes = lanes_for(loaded.provider, None)
+            lane_model = loaded
+            if lanes > 1:
+                lane_model = open_model(spec, None, device, prec, batch_threads(None), warn=lambda _: None)
             for size in sizes:
                 _note(f"segen-edge: bench {ref.name} {loaded.info.precision} batch {size}")
-                results.append(measure(loaded, size, runs, warmup))
+                results.append(measure(loaded, size, runs, warmup, lane_model, lanes))
     _render_bench(results)
     if json_path:
         from .images import write_text
@@ -480,6 +489,7 @@ def _render_bench(results: list[Any]) -> None:
         "mean ms",
         "std ms",
         "images/s",
+        "stream/s",
         "MB",
     ):
         table.add_column(col, justify="left" if col in ("model", "precision", "provider") else "right")
@@ -495,6 +505,7 @@ def _render_bench(results: list[Any]) -> None:
             f"{r.mean_ms:.2f}",
             f"{r.std_ms:.2f}",
             f"{r.images_per_s:.1f}",
+            f"{r.stream_images_per_s:.1f}" + (f" ({r.lanes} lanes)" if r.lanes > 1 else ""),
             f"{r.size_mb:.2f}",
         )
     _console().print(table)

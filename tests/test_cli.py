@@ -299,6 +299,7 @@ def test_bench_reports_each_batch_and_writes_json(seg_model: Path, gen_model: Pa
         assert row["provider"] == "cpu" and row["runs"] == 4
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["images_per_s"] > 0 and row["size_mb"] >= 0
+        assert row["stream_images_per_s"] > 0 and row["lanes"] >= 1
     assert "tiny-seg" in stdout and "p50" in stdout
 
 
