@@ -231,7 +231,15 @@ def segment(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into folders.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     threads: BatchThreadsOpt = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Decode/encode threads.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Batches in flight, each decoded, run and written by its own thread "
+            "(default: one per core on the CPU, 2 on a GPU).",
+        ),
+    ] = None,
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")
     ] = 120_000_000,
@@ -279,9 +287,8 @@ def segment(
             batch_size=batch_size,
             overwrite=overwrite,
             stop=stop,
-            workers=workers,
+            lanes=workers or lanes_for(segmenter.provider, threads),
             max_pixels=max_pixels,
-            lanes=lanes_for(segmenter.provider, threads),
         )
         for result in results:
             stop.announce()

@@ -1,14 +1,18 @@
-"""Bounded, ordered, lazy parallel map, and how a batch job spreads over the CPU cores.
+"""Bounded, ordered, lazy parallel map, and how a batch job spreads over the cores.
 
-Decoding, resizing and PNG encoding run in worker threads while onnxruntime (which releases
-the GIL) runs the model, so the cores stay busy. At most `window` items are in flight, so
-memory stays flat however many files a folder holds.
+A batch job runs in *lanes*: a few threads, each taking a whole batch through decode,
+resize, the model, resize back, PNG encode and atomic writes. onnxruntime releases the GIL,
+so while one lane runs the model another decodes or writes, and the cores stay busy. At
+most `lanes + 1` batches are in flight, so memory stays flat however many files a folder
+holds, and results come back in input order.
 
-On the CPU a batch job runs the model in *lanes*: several batches at once, each on one
-onnxruntime thread, rather than one batch at a time spread over every core. One thread per
-run needs no barrier between the threads of each operator, so a core that stops to decode a
-JPEG never stalls the others; measured on 2 cores (batch 8), lanes ran the pets U-Net 5-25%
-and the FCN 10-40% faster than one run on two threads, before any decoding was added.
+On the CPU each run gets one onnxruntime thread and there is one lane per core, rather than
+one batch at a time spread over every core: one thread per run needs no barrier between the
+threads of each operator, so a core that stops to decode a JPEG never stalls the others.
+Measured on 2 cores (batch 8), lanes ran the pets U-Net 5-25% and the FCN 10-40% faster than
+one run on two threads before any decoding was added; `segment` on 500 pets JPEGs went from
+0.63-0.79 of the model-only throughput (decode/encode threads beside a 2-thread model) to
+0.80 (benchmarks/pipeline.py).
 """
 
 from __future__ import annotations
@@ -87,8 +91,9 @@ def batch_threads(threads: int | None) -> int:
 
 
 def lanes_for(provider: str, threads: int | None) -> int:
-    """Runs in flight at once: cores / threads per run on the CPU provider; one elsewhere
-    (CUDA queues work on its own stream, OpenVINO spreads one run over its own threads)."""
+    """Runs in flight at once: cores / threads per run on the CPU provider; two elsewhere
+    (the device runs one batch while the host decodes and writes the other; CUDA and
+    OpenVINO spread one run over their own resources)."""
     if provider != "cpu":
-        return 1
+        return 2
     return max(1, cpu_count() // batch_threads(threads))

@@ -31,7 +31,7 @@ from .images import (
     save_image,
 )
 from .model import Model
-from .pipeline import cpu_count, ordered_map
+from .pipeline import ordered_map
 
 SAVE_KINDS = ("mask", "color", "overlay")
 
@@ -69,15 +69,20 @@ class Segmenter(Model):
     # -- single-image and batch primitives ----------------------------------------------
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
-        return preprocess(image_u8, self.info)
+        """uint8 (h, w, c) image -> the model's float32 input in its own layout: (H, W, C),
+        or (C, H, W) for an NCHW graph (transposed while still uint8, in the same pass
+        that scales it)."""
+        if self.info.layout != "NCHW":
+            return preprocess(image_u8, self.info)
+        resized = resize_u8(image_u8, self.info.image_size).transpose(2, 0, 1)
+        return resized.astype(np.float32) * np.float32(self.info.pixel_scale) + np.float32(
+            self.info.pixel_offset
+        )
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) float32 inputs -> (N, H, W) uint8 class ids at model size."""
-        return self._predict(batch)
-
-    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of prepare()d inputs -> (N, H, W) uint8 class ids at model size."""
         nchw = self.info.layout == "NCHW"
-        logits = self.run(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)) if nchw else batch)
+        logits = self.run(np.ascontiguousarray(batch, dtype=np.float32))
         classes = logits.shape[1 if nchw else -1]
         if classes != len(self.info.class_names):
             names = ", ".join(self.info.class_names)
@@ -86,7 +91,7 @@ class Segmenter(Model):
                 f"{len(self.info.class_names)} ({names}); give one name per class "
                 "(segen.class_names, or --class-names for a bare ONNX file)"
             )
-        return np.argmax(logits, axis=1 if nchw else -1).astype(np.uint8)
+        return class_ids(logits) if nchw else np.argmax(logits, axis=-1).astype(np.uint8)
 
     def predict(self, image_u8: np.ndarray) -> np.ndarray:
         """One uint8 image -> (height, width) class ids at the image's own size."""
@@ -128,65 +133,73 @@ class Segmenter(Model):
         batch_size: int = 8,
         overwrite: bool = False,
         stop: threading.Event | None = None,
-        workers: int | None = None,
+        lanes: int = 2,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        lanes: int = 1,
     ) -> Iterator[ImageResult]:
         """Segment a stream of images, yielding one ImageResult per input, in input order.
 
-        Worker threads decode and resize ahead of the model; `lanes` batches run at once,
-        each finishing its own images (resize back, PNG encode, atomic write) in its lane.
-        At most a few batches are in memory at any time. When `stop` is set, the batches in
-        progress are finished and written, and nothing new is started.
+        Inputs are grouped into batches of `batch_size` images in this thread (names planned,
+        finished ones skipped); `lanes` threads then each take a whole batch: decode and
+        resize, run the model, resize back, PNG-encode and write atomically. While one lane
+        decodes or writes, another runs the model, so the cores stay busy without more
+        threads than cores fighting over them. At most `lanes + 1` batches are in memory.
+        When `stop` is set, the batches in progress are finished and written, and nothing
+        new is started.
         """
-        workers = workers or max(2, cpu_count())
-        window = max(batch_size * (lanes + 2), workers * 2)
-        planned = ((src, {} if src.error else plan.targets(src)) for src in sources)  # names in order
+        window = batch_size * 4  # finished inputs gathered before they are passed on
 
-        def load(item: tuple[Source, dict[str, Path]]) -> _Loaded | ImageResult:
-            src, targets = item
-            if src.error:
-                return ImageResult(src, "failed", error=src.error)
-            if not overwrite and all(p.is_file() for p in targets.values()):
-                return self._skipped(src, targets)
-            try:
-                decoded = load_image(src.path, self.info.channels, max_pixels)
-                return _Loaded(src, targets, decoded, self.prepare(decoded.image_u8))
-            except BadInputError as exc:
-                return ImageResult(src, "failed", error=str(exc))
+        def jobs() -> Iterator[_Job | ImageResult]:
+            for src in sources:
+                if src.error:
+                    yield ImageResult(src, "failed", error=src.error)
+                    continue
+                targets = plan.targets(src)  # in input order, so names are stable
+                if not overwrite and all(p.is_file() for p in targets.values()):
+                    yield self._skipped(src, targets)
+                else:
+                    yield _Job(src, targets)
 
-        def batches(loaded: Iterable[_Loaded | ImageResult]) -> Iterator[list[_Loaded | ImageResult]]:
-            """Input-ordered groups holding `batch_size` decoded images each; skipped and
-            failed inputs ride along (a long run of them makes a group of its own)."""
-            group: list[_Loaded | ImageResult] = []
+        def groups() -> Iterator[list[_Job | ImageResult]]:
+            """Input-ordered groups of `batch_size` images to run; skipped and failed inputs
+            ride along (a long run of them makes a group of its own)."""
+            group: list[_Job | ImageResult] = []
             images = 0
-            for item in loaded:
+            for item in jobs():
+                if stop and stop.is_set():
+                    return
                 group.append(item)
-                images += isinstance(item, _Loaded)
+                images += isinstance(item, _Job)
                 if images == batch_size or (not images and len(group) >= window):
                     yield group
                     group, images = [], 0
-            if stop and stop.is_set():  # a part batch is not started after a stop
-                group = [item for item in group if isinstance(item, ImageResult)]
-            if group:
+            if group and not (stop and stop.is_set()):
                 yield group
 
-        with (
-            ThreadPoolExecutor(workers, thread_name_prefix="segen-io") as io,
-            ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners,
-        ):
-            # stop reaches the decoders only: batches already decoded are run and written.
-            for results in ordered_map(
-                self._run_batch, batches(ordered_map(load, planned, io, window, stop)), runners, lanes + 1
-            ):
+        def run(group: list[_Job | ImageResult]) -> list[ImageResult]:
+            return self._run_group(group, max_pixels)
+
+        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
+            # stop ends groups(): batches already handed to a lane are finished and yielded.
+            for results in ordered_map(run, groups(), pool, lanes + 1):
                 yield from results
 
-    def _run_batch(self, group: list[_Loaded | ImageResult]) -> list[ImageResult]:
-        images = [item for item in group if isinstance(item, _Loaded)]
-        if not images:
-            return [item for item in group if isinstance(item, ImageResult)]
-        masks = iter(self.predict_batch(np.stack([item.model_input for item in images])))
-        return [item if isinstance(item, ImageResult) else self._finish(item, next(masks)) for item in group]
+    def _run_group(self, group: list[_Job | ImageResult], max_pixels: int) -> list[ImageResult]:
+        """One lane's work: decode, run, write; one result per input of the group, in order."""
+        out: list[ImageResult | _Loaded] = []
+        for item in group:
+            if isinstance(item, ImageResult):
+                out.append(item)
+                continue
+            try:
+                decoded = load_image(item.source.path, self.info.channels, max_pixels)
+                out.append(_Loaded(item.source, item.targets, decoded, self.prepare(decoded.image_u8)))
+            except BadInputError as exc:
+                out.append(ImageResult(item.source, "failed", error=str(exc)))
+        loaded = [item for item in out if isinstance(item, _Loaded)]
+        if not loaded:
+            return [item for item in out if isinstance(item, ImageResult)]
+        masks = iter(self.predict_batch(np.stack([item.model_input for item in loaded])))
+        return [item if isinstance(item, ImageResult) else self._finish(item, next(masks)) for item in out]
 
     def _finish(self, item: _Loaded, mask_small: np.ndarray) -> ImageResult:
         image = item.decoded.image_u8
@@ -221,6 +234,26 @@ class Segmenter(Model):
             except (OSError, ValueError):
                 fractions = None
         return ImageResult(src, "skipped", outputs=list(targets.values()), fractions=fractions)
+
+
+def class_ids(logits: np.ndarray) -> np.ndarray:
+    """argmax over axis 1 of (N, C, H, W) logits as uint8 (the first class wins a tie).
+
+    One pass per class over contiguous planes: twice as fast as np.argmax(axis=1), whose
+    strided reduction costs 0.4 ms per 160x160 image, a tenth of the model's time."""
+    best = logits[:, 0].copy()
+    ids = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, logits.shape[1]):
+        plane = logits[:, c]
+        ids[plane > best] = c
+        np.maximum(best, plane, out=best)
+    return ids
+
+
+@dataclass
+class _Job:
+    source: Source
+    targets: dict[str, Path]
 
 
 @dataclass

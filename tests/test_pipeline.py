@@ -40,7 +40,7 @@ def test_lanes_only_on_the_cpu_provider() -> None:
     assert lanes_for("cpu", None) == cpu_count()
     assert lanes_for("cpu", cpu_count()) == 1
     assert lanes_for("cpu", 10_000) == 1
-    assert lanes_for("cuda", None) == lanes_for("openvino", None) == 1
+    assert lanes_for("cuda", None) == lanes_for("openvino", None) == 2
 
 
 def _segment(model: Path, folder: Path, out: Path, lanes: int) -> list[tuple[str, str, bytes]]:

@@ -369,3 +369,24 @@ def test_model_info_round_trips_through_an_onnx_file(
     props = parse_metadata(model.SerializeToString())
     assert {k: v for k, v in props.items() if not k.startswith(PREFIX)} == foreign  # kept, never clobbered
     assert ModelInfo.from_props(props) == info
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+)
+def test_class_ids_is_argmax_over_channels(n: int, c: int, h: int, w: int, seed: int, ties: bool) -> None:
+    from segen_edge.segment import class_ids
+
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    if ties:  # few distinct values: many ties, which the first class must win, as in argmax
+        logits = np.round(logits).astype(np.float32)
+    got = class_ids(logits)
+    assert got.dtype == np.uint8 and got.shape == (n, h, w)
+    np.testing.assert_array_equal(got, np.argmax(logits, axis=1))
