@@ -384,34 +384,22 @@ def generate(
     name = generator.info.name or generator.loaded.path.stem
     keep_for_grid = []
     written = skipped = 0
-    from concurrent.futures import ThreadPoolExecutor
-
-    with _graceful_stop() as stop, ThreadPoolExecutor(2) as pool, _progress(n, "generate") as bar:
+    with _graceful_stop() as stop, _progress(n, "generate") as bar:
         task = bar.add_task("generate", total=n)
-        pending = []
-        index = 0
-        lanes = lanes_for(generator.provider, threads)
-        for images in generator.generate(n, seed, batch_size, stop, lanes):
+        files = generator.generate_files(
+            n, seed, out, name, batch_size, overwrite, stop, lanes=lanes_for(generator.provider, threads)
+        )
+        for count, result in enumerate(files, start=1):
             stop.announce()
-            for image in images:
-                path = out / f"{name}-s{seed}-{index:05d}.png"
-                index += 1
-                if grid is not None:
-                    keep_for_grid.append(image)
-                if path.exists() and not overwrite:
-                    skipped += 1
-                    continue
-                pending.append((path, pool.submit(save_image, path, image)))
-            while len(pending) > 4 * batch_size:
-                path, future = pending.pop(0)
-                future.result()
-                _emit(path)
+            if grid is not None:
+                keep_for_grid.append(result.image)
+            if result.written:
                 written += 1
-            bar.update(task, completed=index)
-        for path, future in pending:
-            future.result()
-            _emit(path)
-            written += 1
+                _emit(result.path)
+            else:
+                skipped += 1
+            if count % batch_size == 0 or count == n:
+                bar.update(task, completed=count)
         interrupted = stop.is_set()
     if grid is not None and keep_for_grid:
         tiles = make_grid(np.stack(keep_for_grid))

@@ -10,12 +10,21 @@ import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .images import to_pixels
+from .images import save_image, to_pixels
 from .model import Model
 from .pipeline import ordered_map
+
+
+@dataclass(frozen=True)
+class GeneratedFile:
+    path: Path
+    written: bool  # False: the file existed and was kept (no --overwrite)
+    image: np.ndarray
 
 
 class Generator(Model):
@@ -47,6 +56,48 @@ class Generator(Model):
 
         with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
             yield from ordered_map(self.decode, latents(), runners, lanes + 1, stop)
+
+    def generate_files(
+        self,
+        n: int,
+        seed: int,
+        out: Path,
+        name: str,
+        batch_size: int = 16,
+        overwrite: bool = False,
+        stop: threading.Event | None = None,
+        lanes: int = 1,
+    ) -> Iterator[GeneratedFile]:
+        """Generate n images into `out` as NAME-sSEED-INDEX.png, in order.
+
+        Each of `lanes` threads takes a whole batch: runs the model and writes its PNGs
+        atomically, so writing (often the slow part: creating a file can cost more than
+        making a 32x32 image) overlaps with the other lanes. Existing files are kept unless
+        `overwrite`. When `stop` is set, the batches in flight are finished and yielded.
+        """
+        rng = np.random.default_rng(seed)
+
+        def batches() -> Iterator[tuple[int, np.ndarray]]:
+            for start in range(0, n, batch_size):
+                if stop and stop.is_set():
+                    return
+                count = min(batch_size, n - start)
+                yield start, rng.standard_normal((count, self.info.latent_size), dtype=np.float32)
+
+        def make(item: tuple[int, np.ndarray]) -> list[GeneratedFile]:
+            start, latents = item
+            files = []
+            for i, image in enumerate(self.decode(latents), start=start):
+                path = out / f"{name}-s{seed}-{i:05d}.png"
+                keep = not overwrite and path.exists()
+                if not keep:
+                    save_image(path, image)
+                files.append(GeneratedFile(path, not keep, image))
+            return files
+
+        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
+            for files in ordered_map(make, batches(), pool, lanes + 1):
+                yield from files
 
 
 def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:

@@ -72,3 +72,22 @@ def test_generate_lanes_give_the_same_images(gen_model: Path) -> None:
     many = np.concatenate(list(generator.generate(37, seed=3, batch_size=5, lanes=3)))  # type: ignore[attr-defined]
     assert one.shape[0] == 37
     np.testing.assert_array_equal(one, many)
+
+
+def test_generate_files_in_lanes_write_the_same_files_and_keep_existing(
+    gen_model: Path, tmp_path: Path
+) -> None:
+    generator = open_model(str(gen_model), "generate", "cpu", threads=1, warn=lambda _: None)
+    runs = {}
+    for lanes in (1, 3):
+        out = tmp_path / f"lanes{lanes}"
+        files = list(generator.generate_files(23, 5, out, "g", batch_size=4, lanes=lanes))  # type: ignore[attr-defined]
+        assert [f.path.name for f in files] == [f"g-s5-{i:05d}.png" for i in range(23)]
+        assert all(f.written for f in files)
+        runs[lanes] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert runs[1] == runs[3]
+    kept = tmp_path / "lanes3" / "g-s5-00007.png"
+    kept.write_bytes(b"mine")
+    again = list(generator.generate_files(23, 5, tmp_path / "lanes3", "g", batch_size=4, lanes=3))  # type: ignore[attr-defined]
+    assert [f.written for f in again].count(False) == 23  # all exist: none rewritten
+    assert kept.read_bytes() == b"mine"
