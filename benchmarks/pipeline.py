@@ -9,9 +9,9 @@ of a shared machine hits every figure alike; medians are printed):
      (Python imports, model load) can be told apart from the steady state:
      steady = (N - small) / (t_N - t_small);
   3. `segen-edge generate -n M` and `-n small` the same way;
-  4. the disk floor: writing the same number of small PNG files atomically, nothing else,
-     which bounds `generate` from below wherever creating a file costs more than making
-     the image.
+  4. the disk floor: writing the same number of PNG files (the first input's size for
+     masks, 32x32 for generated images) atomically and nothing else, which bounds both
+     commands from below wherever creating a file costs more than what goes into it.
 Each command runs in its own process so its peak RSS (from wait4) is its own.
 
     python benchmarks/pipeline.py --images ../shared/data/pets/images --count 500
@@ -32,6 +32,7 @@ from pathlib import Path
 from statistics import median
 
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -111,6 +112,8 @@ def main() -> None:
     if len(files) <= args.small:
         sys.exit(f"{args.images}: {len(files)} JPEGs; need more than --small {args.small}")
     seg = Row("segment", args.model, len(files), args.batch_size)
+    with Image.open(files[0]) as first:
+        mask_size = (first.height, first.width)  # the masks are written at the input's size
     gen = Row("generate", args.gen_model, args.generate, args.gen_batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
@@ -147,6 +150,7 @@ def main() -> None:
                 ],
                 args.small,
             )
+            seg.floor.append(disk_floor(len(files), mask_size, 2))
             gen.ref.append(model_only(args.gen_model, args.gen_batch_size, 200, args.device))
             run(
                 gen,

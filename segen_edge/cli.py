@@ -189,7 +189,29 @@ def _stopped(stop: _Stop, counts: str) -> None:
     raise typer.Exit(stop.exit_code)
 
 
+class _NoProgress:
+    """What _progress gives when stderr is not a terminal: nothing drawn, and rich (a tenth
+    of a second to import) never loaded, which scripts and pipelines notice."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _progress(total: int | None, label: str) -> Any:
+    if not sys.stderr.isatty():
+        return _NoProgress()
     from rich.console import Console
     from rich.progress import (
         BarColumn,
