@@ -52,13 +52,18 @@ class Engine:
     run: Runner  # one batch at a time: latency
     stream: Callable[[list[np.ndarray]], None] | None = None  # many batches its own way: throughput
 
-    def throughput(self, batches: list[np.ndarray]) -> float:
-        """Images per second over a stream of batches (after a short warm-up)."""
+    def throughput(self, batch: np.ndarray, seconds: float = 0.5) -> float:
+        """Images per second over a stream of copies of `batch` lasting about `seconds`
+        (after a warm-up), so thread start-up is noise even for a 0.1 ms generator."""
         go = self.stream or (lambda xs: [self.run(x) for x in xs])
-        go(batches[:2])
+        go([batch, batch])
+        start = time.perf_counter()
+        go([batch])
+        count = int(np.clip(seconds / max(time.perf_counter() - start, 1e-6), 4, 5000))
+        batches = [batch] * count
         start = time.perf_counter()
         go(batches)
-        return sum(len(x) for x in batches) / (time.perf_counter() - start)
+        return len(batch) * count / (time.perf_counter() - start)
 
 
 @dataclass
@@ -262,7 +267,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
     for _ in range(rounds):
         for label, engine, _ in engines:
             times[label].append(latency(engine.run, one, max(5, runs // rounds)))
-            rates[label].append(engine.throughput([many] * max(4, runs // (2 * rounds))))
+            rates[label].append(engine.throughput(many))
     reference = engines[0][2]  # Keras fp32, else onnxruntime fp32
     for label, _, out in engines:
         ms1 = np.concatenate(times[label])
