@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,10 +62,19 @@ def model_only(model: str, batch: int, runs: int, device: str) -> float:
         return max(float(row["images_per_s"]), float(row["stream_images_per_s"]))
 
 
-def disk_floor(count: int, size: tuple[int, int], workers: int) -> float:
-    """Seconds to write `count` PNGs of `size` atomically with `workers` threads, nothing else."""
-    image = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+def disk_floor(count: int, size: tuple[int, int], workers: int, noise: bool) -> float:
+    """Seconds to write `count` PNGs of `size` atomically with `workers` threads, nothing
+    else: noise for generated images, flat regions (like a mask: a blob on a background)
+    otherwise, so the PNG encoder does as much work as it does on the real outputs."""
+    height, width = size
+    if noise:
+        image = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    else:
+        rows, cols = np.ogrid[:height, :width]
+        blob = (rows - height / 2) ** 2 + (cols - width / 2) ** 2 < (min(size) / 3) ** 2
+        image = np.where(blob, 0, 1).astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:
+        os.sync()
         start = time.perf_counter()
         list(pool.map(lambda i: save_image(Path(tmp) / f"{i:05d}.png", image), range(count)))
         return time.perf_counter() - start
@@ -127,10 +135,10 @@ def main() -> None:
         def run(row: Row, cmd: Callable[[int, Path], list[str]], small: int) -> None:
             for n, key in ((row.n, "whole"), (small, "small")):
                 out = Path(tempfile.mkdtemp(dir=tmp))
+                os.sync()  # earlier runs' writeback must not slow this one's file creation
                 wall, rss = timed(cmd(n, out))
                 (row.whole if key == "whole" else row.small).append(wall)
                 row.rss[key].append(rss)
-                shutil.rmtree(out)  # a file system slows down as it fills: start each run alike
 
         common = ["-d", args.device]
         for r in range(args.rounds):
@@ -152,7 +160,7 @@ def main() -> None:
                 ],
                 args.small,
             )
-            seg.floor.append(disk_floor(len(files), mask_size, 2))
+            seg.floor.append(disk_floor(len(files), mask_size, 2, noise=False))
             gen.ref.append(model_only(args.gen_model, args.gen_batch_size, 200, args.device))
             run(
                 gen,
@@ -173,7 +181,7 @@ def main() -> None:
                 ],
                 args.small,
             )
-            gen.floor.append(disk_floor(args.generate, (32, 32), 2))
+            gen.floor.append(disk_floor(args.generate, (32, 32), 2, noise=True))
     print(
         f"{'verb':<9} {'model':<14} {'images':>6} {'batch':>5} {'model/s':>10} {'whole/s':>10} {'ratio':>6} "
         f"{'steady/s':>10} {'ratio':>6} {'start s':>8} {'disk s':>9} {'peak RSS MB':>13}"

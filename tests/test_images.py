@@ -519,3 +519,20 @@ def test_save_image_writes_whole_pngs(tmp_path: Path) -> None:
     with Image.open(tmp_path / "g.png") as img:
         assert img.mode == "L" and np.array_equal(np.asarray(img), grey[:, :, 0])
     assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*.part"))
+
+
+def test_atomic_write_makes_folders_survives_a_stale_temp_and_honours_umask(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "deeper" / "m.png"
+    save_image(target, np.zeros((2, 2), np.uint8))  # missing folders are made
+    stale = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.part")
+    stale.write_bytes(b"left by a killed process whose pid came back")
+    save_image(target, np.full((2, 2), 7, np.uint8))
+    with Image.open(target) as img:
+        assert np.asarray(img).max() == 7
+    assert stale.read_bytes().startswith(b"left")  # not ours: untouched
+    old = os.umask(0o022)
+    try:
+        save_image(tmp_path / "shared.png", np.zeros((2, 2), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.png").stat().st_mode & 0o777 == 0o644  # like any file the user makes
