@@ -48,14 +48,12 @@ class Generator(Model):
         """Yield n images as (batch, H, W, C) uint8 arrays, one batch at a time, in order;
         `lanes` batches run at once (see pipeline.lanes_for)."""
 
-        def latents() -> Iterator[np.ndarray]:
-            rng = np.random.default_rng(seed)
-            for start in range(0, n, batch_size):
-                count = min(batch_size, n - start)
-                yield rng.standard_normal((count, self.info.latent_size), dtype=np.float32)
+        def decode(item: tuple[int, np.ndarray]) -> np.ndarray:
+            return self.decode(item[1])
 
         with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
-            yield from ordered_map(self.decode, latents(), runners, lanes + 1, stop)
+            batches = self._latents(n, seed, batch_size, stop)
+            yield from ordered_map(decode, batches, runners, lanes + 1, stop)
 
     def generate_files(
         self,
@@ -75,14 +73,6 @@ class Generator(Model):
         making a 32x32 image) overlaps with the other lanes. Existing files are kept unless
         `overwrite`. When `stop` is set, the batches in flight are finished and yielded.
         """
-        rng = np.random.default_rng(seed)
-
-        def batches() -> Iterator[tuple[int, np.ndarray]]:
-            for start in range(0, n, batch_size):
-                if stop and stop.is_set():
-                    return
-                count = min(batch_size, n - start)
-                yield start, rng.standard_normal((count, self.info.latent_size), dtype=np.float32)
 
         def make(item: tuple[int, np.ndarray]) -> list[GeneratedFile]:
             start, latents = item
@@ -96,8 +86,20 @@ class Generator(Model):
             return files
 
         with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
-            for files in ordered_map(make, batches(), pool, lanes + 1):
+            for files in ordered_map(make, self._latents(n, seed, batch_size, stop), pool, lanes + 1):
                 yield from files
+
+    def _latents(
+        self, n: int, seed: int, batch_size: int, stop: threading.Event | None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first image, latents) per batch, from one seeded stream, so image i
+        is the same whatever the batch size; nothing new once `stop` is set."""
+        rng = np.random.default_rng(seed)
+        for start in range(0, n, batch_size):
+            if stop and stop.is_set():
+                return
+            count = min(batch_size, n - start)
+            yield start, rng.standard_normal((count, self.info.latent_size), dtype=np.float32)
 
 
 def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:

@@ -315,12 +315,15 @@ def resize_u8(image_u8: np.ndarray, size: tuple[int, int], nearest: bool = False
     return out[:, :, None] if squeeze else out
 
 
-def preprocess(image_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
-    """uint8 (h, w, c) image -> float32 (H, W, C) model input at info.image_size, NHWC order.
+def preprocess(image_u8: np.ndarray, info: ModelInfo, channels_first: bool = False) -> np.ndarray:
+    """uint8 (h, w, c) image -> float32 (H, W, C) model input at info.image_size, NHWC order;
+    (C, H, W) with `channels_first`, transposed while still uint8, in the pass that scales.
 
     The one preprocessing used by inference, calibration and evaluation alike.
     """
     resized = resize_u8(image_u8, info.image_size)
+    if channels_first:
+        resized = resized.transpose(2, 0, 1)
     return resized.astype(np.float32) * np.float32(info.pixel_scale) + np.float32(info.pixel_offset)
 
 

@@ -70,14 +70,8 @@ class Segmenter(Model):
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """uint8 (h, w, c) image -> the model's float32 input in its own layout: (H, W, C),
-        or (C, H, W) for an NCHW graph (transposed while still uint8, in the same pass
-        that scales it)."""
-        if self.info.layout != "NCHW":
-            return preprocess(image_u8, self.info)
-        resized = resize_u8(image_u8, self.info.image_size).transpose(2, 0, 1)
-        return resized.astype(np.float32) * np.float32(self.info.pixel_scale) + np.float32(
-            self.info.pixel_offset
-        )
+        or (C, H, W) for an NCHW graph."""
+        return preprocess(image_u8, self.info, channels_first=self.info.layout == "NCHW")
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """A batch of prepare()d inputs -> (N, H, W) uint8 class ids at model size."""
@@ -154,10 +148,8 @@ class Segmenter(Model):
                     yield ImageResult(src, "failed", error=src.error)
                     continue
                 targets = plan.targets(src)  # in input order, so names are stable
-                if not overwrite and all(p.is_file() for p in targets.values()):
-                    yield self._skipped(src, targets)
-                else:
-                    yield _Job(src, targets)
+                done = not overwrite and all(p.is_file() for p in targets.values())
+                yield _Job(src, targets, skip=done)
 
         def groups() -> Iterator[list[_Job | ImageResult]]:
             """Input-ordered groups of `batch_size` images to run; skipped and failed inputs
@@ -168,7 +160,7 @@ class Segmenter(Model):
                 if stop and stop.is_set():
                     return
                 group.append(item)
-                images += isinstance(item, _Job)
+                images += isinstance(item, _Job) and not item.skip
                 if images == batch_size or (not images and len(group) >= window):
                     yield group
                     group, images = [], 0
@@ -189,6 +181,9 @@ class Segmenter(Model):
         for item in group:
             if isinstance(item, ImageResult):
                 out.append(item)
+                continue
+            if item.skip:  # its outputs exist: reading the saved mask's fractions is lane work
+                out.append(self._skipped(item.source, item.targets))
                 continue
             try:
                 decoded = load_image(item.source.path, self.info.channels, max_pixels)
@@ -254,6 +249,7 @@ def class_ids(logits: np.ndarray) -> np.ndarray:
 class _Job:
     source: Source
     targets: dict[str, Path]
+    skip: bool = False  # outputs exist and no --overwrite: report them, run nothing
 
 
 @dataclass
