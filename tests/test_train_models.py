@@ -82,6 +82,20 @@ def test_dcgan_shapes(size: int, channels: int) -> None:
         build_generator(16, 48, 1)
 
 
+def test_discriminator_norm_follows_the_paper() -> None:
+    """BatchNorm after every strided conv but the first (Radford et al.); none when asked."""
+    def norms(model: keras.Model) -> list[str]:
+        return [layer.name for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization)]
+
+    assert norms(build_discriminator(32, 1, filters=8)) == ["down1_bn", "down2_bn"]
+    assert norms(build_discriminator(64, 3, filters=8)) == ["down1_bn", "down2_bn", "down3_bn"]
+    plain = build_discriminator(32, 1, filters=8, batchnorm=False, dropout=0.2)
+    assert norms(plain) == [] and plain.get_layer("dropout").rate == 0.2
+    assert not any(isinstance(layer, keras.layers.Dropout)
+                   for layer in build_discriminator(32, 1, filters=8).layers)
+
+
 def test_gan_trains_a_few_steps_and_is_seeded() -> None:
     def run() -> tuple[dict[str, float], np.ndarray]:
         keras.utils.set_random_seed(3)

@@ -70,6 +70,11 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     gan.add_argument("--latent-size", type=int, default=100)
     gan.add_argument("--filters", type=int, default=64, help="generator's last width")
     gan.add_argument("--d-filters", type=int, default=64, help="discriminator's first width")
+    gan.add_argument("--d-norm", choices=("batch", "none"), default="batch",
+                     help="discriminator normalization: BatchNorm after every strided conv "
+                          "but the first, as in the paper, or none")
+    gan.add_argument("--d-dropout", type=float, default=0.0,
+                     help="dropout before the discriminator's logit (0: none, as in the paper)")
     gan.add_argument("--ema", type=float, default=0.999,
                      help="generator weight averaging decay; the average is what is saved "
                           "and scored (0: off)")

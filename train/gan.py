@@ -141,7 +141,9 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
               flush=True)
     else:
         generator = build_generator(args.latent_size, height, args.channels, args.filters)
-        discriminator = build_discriminator(height, args.channels, args.d_filters)
+        discriminator = build_discriminator(height, args.channels, args.d_filters,
+                                            batchnorm=args.d_norm == "batch",
+                                            dropout=args.d_dropout)
         ema_generator = None
         initial_epoch = 0
     gan = GAN(generator, discriminator, seed=args.seed, ema_decay=args.ema,
@@ -177,6 +179,8 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "epochs_run": monitor.epochs_run,
             "params": int(generator.count_params()),
             "discriminator_params": int(discriminator.count_params()),
+            "discriminator_norm": args.d_norm,
+            "discriminator_dropout": args.d_dropout,
             "ema_decay": args.ema,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,

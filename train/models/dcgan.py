@@ -2,7 +2,8 @@
 
 Generator: Dense -> 4x4 feature map -> strided Conv2DTranspose + BatchNorm + ReLU, doubling
 the size each time -> tanh, so outputs lie in [-1, 1] (pixel_scale 1/127.5, offset -1).
-Discriminator: strided convs + LeakyReLU(0.2), no pooling, one logit.
+Discriminator: strided convs + BatchNorm (not on the first) + LeakyReLU(0.2), no pooling,
+one logit.
 """
 
 from __future__ import annotations
@@ -53,16 +54,25 @@ def build_generator(
     return keras.Model(latents, images, name="generator")
 
 
-def build_discriminator(image_size: int = 32, channels: int = 1, filters: int = 64) -> keras.Model:
-    """images (N, S, S, channels) in [-1, 1] -> real/fake logit (N, 1)."""
+def build_discriminator(image_size: int = 32, channels: int = 1, filters: int = 64,
+                        batchnorm: bool = True, dropout: float = 0.0) -> keras.Model:
+    """images (N, S, S, channels) in [-1, 1] -> real/fake logit (N, 1).
+
+    As in the paper, every strided conv but the first is followed by BatchNorm (`batchnorm`);
+    `dropout` > 0 adds dropout before the logit (not in the paper; it weakens the critic).
+    """
     n = _upsamplings(image_size)
     images = keras.Input((image_size, image_size, channels), name="image")
     x = images
     for i in range(n):
-        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", name=f"down{i}")(x)
+        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", use_bias=not (
+            batchnorm and i > 0), name=f"down{i}")(x)
+        if batchnorm and i > 0:
+            x = layers.BatchNormalization(name=f"down{i}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"down{i}_lrelu")(x)
     x = layers.Flatten(name="flatten")(x)
-    x = layers.Dropout(0.2, name="dropout")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="dropout")(x)
     logit = layers.Dense(1, name="logit", dtype="float32")(x)
     return keras.Model(images, logit, name="discriminator")
 
