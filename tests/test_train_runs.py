@@ -257,6 +257,24 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
     assert scorer.score(real.images_u8[:20, 2:30, 2:30, 0])["samples"] == 20  # 28x28 grey
 
 
+def test_quality_classifier_cache_is_reused_until_its_recipe_changes(tmp_path: Path) -> None:
+    from train.quality import CLASSIFIER_INFO, CLASSIFIER_VERSION, QualityScorer
+
+    data = load_gan_data(_mnist(tmp_path / "mnist"), (32, 32), 1)
+    cache = tmp_path / "cache"
+    first = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
+    assert first.info["version"] == CLASSIFIER_VERSION
+    info_path = cache / CLASSIFIER_INFO
+    stamped = {**json.loads(info_path.read_text()), "created": "marker"}
+    info_path.write_text(json.dumps(stamped))
+    assert QualityScorer.load_or_train(cache, data, samples=10, epochs=1).info["created"] == \
+        "marker"  # same recipe: loaded, not retrained
+    info_path.write_text(json.dumps({k: v for k, v in stamped.items() if k != "version"}))
+    retrained = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
+    assert retrained.info["created"] != "marker"  # an older classifier's cache is replaced
+    assert json.loads(info_path.read_text())["version"] == CLASSIFIER_VERSION
+
+
 def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     assert main(["unet", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
