@@ -158,6 +158,7 @@ def test_unet_run_dir_and_resume(tmp_path: Path) -> None:
     assert card["command"].startswith("python -m train unet --data")
     assert "val_miou" in (run / "log.csv").read_text().splitlines()[0]
     assert main([*args, "--epochs", "1"]) == 1  # would overwrite: refused
+    assert info.card["classifier_cache"] == str(run.resolve())  # where export finds it
     assert main([*args, "--epochs", "2", "--resume"]) == 0
     resumed = json.loads((run / "model_info.json").read_text())
     assert resumed["card"]["epochs_run"] == 2 and len(resumed["card"]["commands"]) == 2

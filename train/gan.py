@@ -175,6 +175,8 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "seed": args.seed,
             "train_count": len(data.images_u8),
             "quality": monitor.best_quality,
+            "classifier_cache": str(Path(args.classifier_cache or run_dir).resolve())
+            if scorer is not None else None,
             "best_epoch": monitor.best_epoch,
             "epochs_run": monitor.epochs_run,
             "params": int(generator.count_params()),
