@@ -36,7 +36,7 @@ step_unet_membrane() {
 }
 step_dcgan_mnist() {
     train dcgan-mnist dcgan --data "$DATA/mnist" --image-size 32 32 --channels 1 \
-        --latent-size 64 --filters 32 --d-filters 32 --epochs 20 --batch-size 64  # best: epoch 12
+        --latent-size 64 --filters 32 --d-filters 32 --epochs 36 --batch-size 64
 }
 step_dcgan_fashion() {
     train dcgan-fashion dcgan --data "$DATA/fashion" --image-size 32 32 --channels 1 \
