@@ -125,8 +125,9 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
           f"{args.data}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     scorer = None
+    classifier_cache = Path(args.classifier_cache or run_dir).resolve()
     if data.labels is not None:
-        scorer = QualityScorer.load_or_train(args.classifier_cache or run_dir, data,
+        scorer = QualityScorer.load_or_train(classifier_cache, data,
                                              args.seed, args.samples)
     else:
         print("quality: no class labels, so no quality score (sample grids only)", flush=True)
@@ -175,8 +176,7 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "seed": args.seed,
             "train_count": len(data.images_u8),
             "quality": monitor.best_quality,
-            "classifier_cache": str(Path(args.classifier_cache or run_dir).resolve())
-            if scorer is not None else None,
+            "classifier_cache": str(classifier_cache) if scorer is not None else None,
             "best_epoch": monitor.best_epoch,
             "epochs_run": monitor.epochs_run,
             "params": int(generator.count_params()),

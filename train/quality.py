@@ -36,9 +36,9 @@ def build_classifier(image_size: tuple[int, int], channels: int, num_classes: in
     Input in [-1, 1].
 
     Version 2 keeps the last map's layout (Flatten, not global average pooling) and adds a
-    conv at half size: on MNIST 99.2% accurate and confident >= 0.9 on 98.4% of the real
-    test digits, where version 1 (98.2%, 95.7%) doubted too many real digits to be a fair
-    judge of generated ones.
+    conv at half size: on MNIST 99.2% accurate and confident >= 0.9 on 98.4% of the 10,000
+    real test digits (98.6% of the 1,000 that classifier.json reports), where version 1
+    (98.2%, 95.7%) doubted too many real digits to be a fair judge of generated ones.
     """
     images = keras.Input((*image_size, channels), name="image")
     x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(images)

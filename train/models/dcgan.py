@@ -65,9 +65,10 @@ def build_discriminator(image_size: int = 32, channels: int = 1, filters: int = 
     images = keras.Input((image_size, image_size, channels), name="image")
     x = images
     for i in range(n):
-        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", use_bias=not (
-            batchnorm and i > 0), name=f"down{i}")(x)
-        if batchnorm and i > 0:
+        norm = batchnorm and i > 0  # BatchNorm's shift replaces the conv's bias
+        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", use_bias=not norm,
+                          name=f"down{i}")(x)
+        if norm:
             x = layers.BatchNormalization(name=f"down{i}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"down{i}_lrelu")(x)
     x = layers.Flatten(name="flatten")(x)
