@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import struct
@@ -246,10 +247,14 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
         "class_coverage",
     } <= set(quality)
     assert info.card["classifier_cache"] == str(run.resolve())  # where export finds it
-    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert main([*args, "--epochs", "3", "--lr-decay-epochs", "2", "--resume"]) == 0
     resumed = json.loads((run / "model_info.json").read_text())["card"]
-    assert resumed["epochs_run"] == 2 and len(resumed["commands"]) == 2
-    assert (run / "samples" / "epoch-002.png").is_file()
+    assert resumed["epochs_run"] == 3 and len(resumed["commands"]) == 2
+    assert resumed["lr_decay_epochs"] == 2
+    with (run / "log.csv").open() as log:
+        rates = [float(row["lr"]) for row in csv.DictReader(log) if row.get("lr")]
+    assert rates[-2:] == pytest.approx([2e-4 * 2 / 3, 2e-4 * 1 / 3])  # the resumed epochs
+    assert (run / "samples" / "epoch-003.png").is_file()
     scorer = QualityScorer.load(run)
     real = load_gan_data(data, (32, 32), 1)
     score = scorer.score(real.images_u8[:20])  # plain uint8 arrays, as export passes them
@@ -281,3 +286,22 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.Capture
     assert main(["unet", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "images/ + masks/" in err
+
+
+def test_linear_decay_reaches_a_small_rate_only_in_the_last_epochs() -> None:
+    from train.metrics import linear_decay
+
+    schedule = linear_decay(1.0, epochs=10, decay_epochs=4)
+    rates = [schedule(epoch) for epoch in range(10)]
+    assert rates[:6] == [1.0] * 6
+    assert rates[6:] == pytest.approx([4 / 5, 3 / 5, 2 / 5, 1 / 5])  # never 0: the last epoch trains
+    assert [linear_decay(0.5, 3, 0)(e) for e in range(3)] == [0.5] * 3
+
+
+def test_lr_decay_longer_than_the_run_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["dcgan", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--epochs", "2"]
+    assert main([*args, "--lr-decay-epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--lr-decay-epochs 3 with --epochs 2" in err and "up to the number of epochs" in err
+    assert not (tmp_path / "r").exists()

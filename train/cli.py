@@ -78,6 +78,12 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     gan.add_argument("--ema", type=float, default=0.999,
                      help="generator weight averaging decay; the average is what is saved "
                           "and scored (0: off)")
+    gan.add_argument("--lr-decay-epochs", type=int, default=0, metavar="N",
+                     help="lower both learning rates linearly over the last N epochs "
+                          "(default 0: constant, as in the paper)")
+    gan.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True,
+                     help="compile the training step with XLA (default on: about 1.4x "
+                          "faster on CPU)")
     gan.add_argument("--limit", type=int, help="use only the first N training images")
     gan.add_argument("--samples", type=int, default=1000, help="images the quality score uses")
     gan.add_argument("--classifier-cache", help="folder caching the quality classifier "

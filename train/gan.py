@@ -15,6 +15,7 @@ from segen_edge.errors import BadInputError
 from segen_edge.metadata import ModelInfo
 
 from .data import GanData, load_gan_data, save_grid, scale_images
+from .metrics import linear_decay
 from .models.dcgan import (
     GAN,
     PIXEL_OFFSET,
@@ -35,6 +36,24 @@ def generate_u8(generator: keras.Model, latents: np.ndarray, batch_size: int = 2
     ]
     values = np.concatenate(outputs)
     return np.clip(np.rint((values - PIXEL_OFFSET) / PIXEL_SCALE), 0, 255).astype(np.uint8)
+
+
+class GanLearningRate(keras.callbacks.Callback):
+    """Sets both optimizers' learning rate from `schedule(epoch)` at each epoch's start."""
+
+    def __init__(self, schedule: Any) -> None:
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        gan: GAN = self.model  # type: ignore[assignment]
+        lr = self.schedule(epoch)
+        gan.d_optimizer.learning_rate = lr
+        gan.g_optimizer.learning_rate = lr
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.g_optimizer.learning_rate))
 
 
 class GanMonitor(keras.callbacks.Callback):
@@ -110,6 +129,9 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if height != width:
         raise BadInputError(f"dcgan: image size {height}x{width}; expected a square 32 32 or "
                             "64 64")
+    if not 0 <= args.lr_decay_epochs <= args.epochs:
+        raise BadInputError(f"dcgan: --lr-decay-epochs {args.lr_decay_epochs} with --epochs "
+                            f"{args.epochs}; expected 0 (no decay) up to the number of epochs")
     state: dict[str, Any] = {}
     if args.resume:
         if not (run_dir / STATE).is_file() or not (run_dir / "last-generator.keras").is_file():
@@ -152,12 +174,13 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     gan.compile(
         d_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
         g_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
-        jit_compile=False,
+        jit_compile=args.jit,
     )
     monitor = GanMonitor(run_dir, scorer, args.latent_size, args.samples, args.seed, state)
     monitor.commands.append(command)
     real = scale_images(data.images_u8, PIXEL_SCALE, PIXEL_OFFSET)
-    callbacks = [monitor, keras.callbacks.CSVLogger(str(run_dir / "log.csv"),
+    callbacks = [GanLearningRate(linear_decay(args.lr, args.epochs, args.lr_decay_epochs)),
+                 monitor, keras.callbacks.CSVLogger(str(run_dir / "log.csv"),
                                                     append=bool(state))]
     if initial_epoch < args.epochs:
         gan.fit(real, batch_size=args.batch_size, epochs=args.epochs, initial_epoch=initial_epoch,
@@ -186,6 +209,8 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "ema_decay": args.ema,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
+            "lr_decay_epochs": args.lr_decay_epochs,
+            "jit_compile": args.jit,
             "train_seconds": seconds,
             "class_names": list(data.class_names),
             "framework": f"keras {keras.__version__}",

@@ -133,3 +133,17 @@ def cosine_schedule(base_lr: float, epochs: int, floor: float = 0.05) -> Any:
         return float(base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))))
 
     return schedule
+
+
+def linear_decay(base_lr: float, epochs: int, decay_epochs: int) -> Any:
+    """Per-epoch rate: base_lr until the last `decay_epochs` epochs, then a straight line
+    down to base_lr / (decay_epochs + 1) in the last one (deterministic, so a resumed run
+    continues on the same line; 0 keeps base_lr throughout)."""
+
+    def schedule(epoch: int, lr: float = 0.0) -> float:
+        start = epochs - decay_epochs
+        if decay_epochs <= 0 or epoch < start:
+            return float(base_lr)
+        return float(base_lr * (epochs - epoch) / (decay_epochs + 1))
+
+    return schedule
