@@ -34,10 +34,9 @@ step_unet_membrane() {
         --val-count 5 --class-names membrane cell --depth 4 --base-filters 8 --epochs 15 \
         --batch-size 4 --lr 2e-3 --vflip --min-samples 100 --bn-images 256
 }
-step_dcgan_mnist() {  # the quality classifier is trained once into $RUNS/mnist-classifier
+step_dcgan_mnist() {
     train dcgan-mnist dcgan --data "$DATA/mnist" --image-size 32 32 --channels 1 \
-        --latent-size 64 --filters 32 --d-filters 32 --epochs 50 --lr-decay-epochs 20 \
-        --batch-size 64 --classifier-cache "$RUNS/mnist-classifier"
+        --latent-size 64 --filters 32 --d-filters 32 --epochs 36 --batch-size 64
 }
 step_dcgan_fashion() {
     train dcgan-fashion dcgan --data "$DATA/fashion" --image-size 32 32 --channels 1 \
