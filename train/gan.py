@@ -53,7 +53,7 @@ class GanLearningRate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
-            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.g_optimizer.learning_rate))
+            logs["lr"] = self.schedule(epoch)
 
 
 class GanMonitor(keras.callbacks.Callback):
