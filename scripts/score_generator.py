@@ -9,6 +9,10 @@ Models are bundled names or ONNX files; images come from the runtime's own path
 `python -m train dcgan` wrote (train/quality.py). Prints one Markdown row per model and
 classifier: the confident fraction of each draw, their mean and spread, the smallest class
 share and the Frechet distance (mean over draws) beside the classifier's real-vs-real floor.
+Each classifier is shown with its own doubts: accuracy and confident fraction on real held-out
+images, and the confident fraction on 50/50 blends of two classes (train/quality.py; taken
+from its cache, or measured on --data's held-out images for caches written before it was
+recorded).
 Needs the train extra (the classifiers are Keras models).
 """
 
@@ -21,7 +25,8 @@ import sys
 import numpy as np
 
 from segen_edge.model import open_model
-from train.quality import QualityScorer
+from train.data import load_gan_data
+from train.quality import QualityScorer, blend_confidence
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +36,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="quality classifier cache folder (repeat for several)")
     parser.add_argument("--samples", type=int, default=1000, help="images per draw")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one draw per seed")
+    parser.add_argument("--data", help="the classifiers' data set, to measure the blend check "
+                        "for caches that lack it")
     args = parser.parse_args(argv)
 
     scorers = {path: QualityScorer.load(path) for path in args.classifier}
-    print("| model | classifier (real: accuracy, confident) | confident per draw | mean +- sd "
+    for scorer in scorers.values():
+        if scorer.info.get("blend_confident_fraction") is None and args.data:
+            real = load_gan_data(args.data, scorer.image_size, scorer.channels)
+            images, labels = real.test_images_u8, real.test_labels
+            if images is None or labels is None:
+                images, labels = real.images_u8, real.labels
+            scorer.info["blend_confident_fraction"] = blend_confidence(
+                scorer.probabilities, images, labels, scorer.info.get("seed", 0))
+    print("| model | classifier (real: accuracy, confident; blends: confident) "
+          "| confident per draw | mean +- sd "
           "| min class | Frechet (floor) |")
     print("|---|---|---|---|---|---|")
     for spec in args.models:
@@ -45,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             scores = [scorer.score(images_u8) for images_u8 in draws.values()]
             confident = [s["confident_fraction"] for s in scores]
             spread = statistics.stdev(confident) if len(confident) > 1 else 0.0
-            real = f"{scorer.info['real_accuracy']:.4f}, {scorer.info['real_confident_fraction']:.3f}"
+            blends = scorer.info.get("blend_confident_fraction")
+            real = (f"{scorer.info['real_accuracy']:.4f}, {scorer.info['real_confident_fraction']:.3f}; "
+                    + ("-" if blends is None else f"{blends:.3f}"))
             print(f"| {spec} | {path} ({real}) | {', '.join(f'{c:.3f}' for c in confident)} "
                   f"| {statistics.mean(confident):.3f} +- {spread:.3f} "
                   f"| {min(s['min_class_coverage'] for s in scores):.3f} "

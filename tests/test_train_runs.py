@@ -14,6 +14,7 @@ from PIL import Image
 
 pytest.importorskip("tensorflow")
 
+from segen_edge.errors import BadInputError
 from segen_edge.images import preprocess
 from segen_edge.masks import Pair, find_pairs
 from segen_edge.metadata import ModelInfo
@@ -270,6 +271,7 @@ def test_quality_classifier_cache_is_reused_until_its_recipe_changes(tmp_path: P
     cache = tmp_path / "cache"
     first = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
     assert first.info["version"] == CLASSIFIER_VERSION
+    assert 0 <= first.info["blend_confident_fraction"] <= 1  # the judge's doubts, recorded
     info_path = cache / CLASSIFIER_INFO
     stamped = {**json.loads(info_path.read_text()), "created": "marker"}
     info_path.write_text(json.dumps(stamped))
@@ -279,6 +281,27 @@ def test_quality_classifier_cache_is_reused_until_its_recipe_changes(tmp_path: P
     retrained = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
     assert retrained.info["created"] != "marker"  # an older classifier's cache is replaced
     assert json.loads(info_path.read_text())["version"] == CLASSIFIER_VERSION
+
+
+def test_blend_check_counts_judges_sure_of_two_class_mixtures(tmp_path: Path) -> None:
+    from train.quality import blend_confidence
+
+    labels = np.array([0, 1] * 20)
+    images = np.where(labels == 0, 0, 201).astype(np.uint8)[:, None, None, None] * np.ones(
+        (1, 4, 4, 1), np.uint8)
+    seen = []
+
+    def by_brightness(x: np.ndarray) -> np.ndarray:  # sure of dark and bright, unsure between
+        seen.append(x)
+        mean = x.reshape(len(x), -1).mean(axis=1)
+        return np.stack([np.where(mean < 50, 1.0, np.where(mean > 150, 0.0, 0.5)),
+                         np.where(mean > 150, 1.0, np.where(mean < 50, 0.0, 0.5))], axis=1)
+
+    assert blend_confidence(by_brightness, images, labels) == 0.0  # a careful judge
+    assert seen[0].dtype == np.uint8 and (seen[0] == 101).all()  # (0 + 201 + 1) // 2: mixtures
+    assert blend_confidence(lambda x: np.tile([0.95, 0.05], (len(x), 1)), images, labels) == 1.0
+    with pytest.raises(BadInputError, match="two classes"):
+        blend_confidence(by_brightness, images[labels == 0], labels[labels == 0])
 
 
 def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,13 +3,19 @@
 Reported: the fraction of samples classified with confidence >= 0.9, the fraction of samples
 per class (coverage) and its minimum, and the Frechet distance between samples and real
 images in the classifier's feature space, beside the floor: the same distance between two
-disjoint halves of real images of the same size. Works on plain uint8 arrays (N, H, W, C),
-so ONNX outputs can be scored as well as Keras ones.
+disjoint halves of real images of the same size.
+
+A judge is only as good as its doubts, so each classifier is checked both ways: the share of
+real held-out images it is confident on (should be near 1) and the share of 50/50 blends of
+two real images of different classes it is confident on (should be low: such a blend is no
+clear member of either class, and a judge that is sure of it would count smudges as digits).
+Works on plain uint8 arrays (N, H, W, C), so ONNX outputs can be scored as well as Keras ones.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,21 +145,24 @@ class QualityScorer:
         floor = frechet_distance(feats_b, feats_a)
         probs_b = _softmax(np.asarray(real_logits[half_b], dtype=np.float64))
         real_confident = float((probs_b.max(axis=-1) >= CONFIDENCE).mean())
-        info = {"dataset": data.name, "image_size": list(size), "channels": channels,
-                "samples": samples, "class_names": list(data.class_names or
-                                                        [str(i) for i in range(num_classes)]),
+        class_names = tuple(data.class_names or [str(i) for i in range(num_classes)])
+        scorer = cls(classifier, feats_a, floor, class_names, {})
+        blends = blend_confidence(scorer.probabilities, real_u8, real_labels, seed)
+        scorer.info.update({"dataset": data.name, "image_size": list(size), "channels": channels,
+                "samples": samples, "class_names": list(class_names),
                 "real_accuracy": round(accuracy, 4), "real_confident_fraction":
-                round(real_confident, 4), "epochs": epochs, "seed": seed,
+                round(real_confident, 4), "blend_confident_fraction": round(blends, 4),
+                "epochs": epochs, "seed": seed,
                 "version": CLASSIFIER_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         cache.mkdir(parents=True, exist_ok=True)
         save_model(classifier, cache / CLASSIFIER)
         np.savez(cache / REFERENCE, features=feats_a, floor=np.float64(floor))
-        write_json(cache / CLASSIFIER_INFO, info)
+        write_json(cache / CLASSIFIER_INFO, scorer.info)
         print(f"quality: classifier accuracy on real images {accuracy:.4f} (confident on "
-              f"{real_confident:.3f}), "
+              f"{real_confident:.3f}; on 50/50 blends of two classes {blends:.3f}), "
               f"real-vs-real Frechet floor {floor:.3f}", flush=True)
-        return cls(classifier, feats_a, floor, tuple(info["class_names"]), info)
+        return scorer
 
     # -- scoring ------------------------------------------------------------------------
 
@@ -165,12 +174,10 @@ class QualityScorer:
         if images_u8.ndim != 4 or images_u8.dtype != np.uint8:
             raise BadInputError(f"quality score: got {images_u8.dtype} {images_u8.shape}; "
                                 "expected uint8 images (N, H, W, C)")
-        images_u8 = _to_channels(fit_images(images_u8, self.image_size), self.channels)
-        feats, logits = _predict(self.features, _scale(images_u8))
-        probs = _softmax(np.asarray(logits, dtype=np.float64))
+        feats, probs = self._features_and_probabilities(images_u8)
         classes = probs.argmax(axis=-1)
         coverage = np.bincount(classes, minlength=probs.shape[-1]) / len(classes)
-        fd = frechet_distance(np.asarray(feats, dtype=np.float64), self.reference)
+        fd = frechet_distance(feats, self.reference)
         return {
             "samples": len(images_u8),
             "confident_fraction": round(float((probs.max(axis=-1) >= CONFIDENCE).mean()), 4),
@@ -182,7 +189,31 @@ class QualityScorer:
             "frechet_floor_real_vs_real": round(self.floor, 4),
             "classifier_real_accuracy": self.info.get("real_accuracy"),
             "real_confident_fraction": self.info.get("real_confident_fraction"),
+            "blend_confident_fraction": self.info.get("blend_confident_fraction"),
         }
+
+    def probabilities(self, images_u8: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes) of uint8 images (N, H, W, C)."""
+        return self._features_and_probabilities(images_u8)[1]
+
+    def _features_and_probabilities(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images_u8 = _to_channels(fit_images(images_u8, self.image_size), self.channels)
+        feats, logits = _predict(self.features, _scale(images_u8))
+        return np.asarray(feats, dtype=np.float64), _softmax(np.asarray(logits, dtype=np.float64))
+
+
+def blend_confidence(probabilities: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray,
+                     labels: np.ndarray, seed: int = 0, pairs: int = 2000) -> float:
+    """Share of 50/50 pixel blends of two images of different classes that `probabilities`
+    puts >= CONFIDENCE on one class: how often a judge is sure of what is no clear sample."""
+    rng = np.random.default_rng(seed)
+    first, second = rng.permutation(len(labels)), rng.permutation(len(labels))
+    keep = labels[first] != labels[second]
+    first, second = first[keep][:pairs], second[keep][:pairs]
+    if len(first) == 0:
+        raise BadInputError("blend check: needs images of at least two classes")
+    blends = (images_u8[first].astype(np.uint16) + images_u8[second] + 1) // 2
+    return float((probabilities(blends.astype(np.uint8)).max(axis=-1) >= CONFIDENCE).mean())
 
 
 def _predict(model: keras.Model, x: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, ...]:
