@@ -328,3 +328,20 @@ def test_lr_decay_longer_than_the_run_is_refused(tmp_path: Path,
     err = capsys.readouterr().err
     assert "--lr-decay-epochs 3 with --epochs 2" in err and "up to the number of epochs" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_batched_prediction_returns_one_array_per_output() -> None:
+    import keras
+
+    from train.quality import _predict
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    inputs = keras.Input((2,))
+    double = keras.layers.Rescaling(2.0)(inputs)
+    single = keras.Model(inputs, double)
+    pair = keras.Model(inputs, [double, keras.layers.Rescaling(-1.0)(inputs)])
+    (only,) = _predict(single, x, batch_size=4)  # batches of 4 and 2, joined
+    np.testing.assert_allclose(only, 2 * x)
+    first, second = _predict(pair, x, batch_size=4)
+    np.testing.assert_allclose(first, 2 * x)
+    np.testing.assert_allclose(second, -x)

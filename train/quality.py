@@ -217,8 +217,9 @@ def blend_confidence(probabilities: Callable[[np.ndarray], np.ndarray], images_u
 
 
 def _predict(model: keras.Model, x: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, ...]:
-    """Call the model in batches (no tf.function retracing, unlike predict per call)."""
-    parts = [[keras.ops.convert_to_numpy(o) for o in model(x[i : i + batch_size])]
+    """Call the model in batches (no tf.function retracing, unlike predict per call); one
+    array per model output."""
+    parts = [[keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(model(x[i : i + batch_size]))]
              for i in range(0, len(x), batch_size)]
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
