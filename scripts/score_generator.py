@@ -43,10 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     scorers = {path: QualityScorer.load(path) for path in args.classifier}
     for scorer in scorers.values():
         if scorer.info.get("blend_confident_fraction") is None and args.data:
-            real = load_gan_data(args.data, scorer.image_size, scorer.channels)
-            images, labels = real.test_images_u8, real.test_labels
-            if images is None or labels is None:
-                images, labels = real.images_u8, real.labels
+            images, labels = load_gan_data(args.data, scorer.image_size, scorer.channels).held_out()
+            if labels is None:
+                raise SystemExit(f"{args.data}: no class labels, so no blend check")
             scorer.info["blend_confident_fraction"] = blend_confidence(
                 scorer.probabilities, images, labels, scorer.info.get("seed", 0))
     print("| model | classifier (real: accuracy, confident; blends: confident) "

@@ -238,6 +238,13 @@ class GanData:
     test_images_u8: np.ndarray | None = None
     test_labels: np.ndarray | None = None
 
+    def held_out(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Images (and labels) to judge against: the test split when the data set has a
+        labelled one (MNIST's t10k files), else the training images."""
+        if self.test_images_u8 is not None and self.test_labels is not None:
+            return self.test_images_u8, self.test_labels
+        return self.images_u8, self.labels
+
 
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

@@ -130,10 +130,7 @@ class QualityScorer:
         x = _scale(data.images_u8)
         print(f"quality: training the {data.name} classifier on {len(x)} real images", flush=True)
         classifier.fit(x, data.labels, batch_size=128, epochs=epochs, verbose=2, shuffle=True)
-        if data.test_images_u8 is not None and data.test_labels is not None:
-            real_u8, real_labels = data.test_images_u8, data.test_labels
-        else:
-            real_u8, real_labels = data.images_u8, data.labels
+        real_u8, real_labels = data.held_out()
         order = np.random.default_rng(seed).permutation(len(real_u8))
         n = min(samples, len(real_u8) // 2)
         half_a, half_b = order[:n], order[n : 2 * n]
@@ -148,13 +145,15 @@ class QualityScorer:
         class_names = tuple(data.class_names or [str(i) for i in range(num_classes)])
         scorer = cls(classifier, feats_a, floor, class_names, {})
         blends = blend_confidence(scorer.probabilities, real_u8, real_labels, seed)
-        scorer.info.update({"dataset": data.name, "image_size": list(size), "channels": channels,
-                "samples": samples, "class_names": list(class_names),
-                "real_accuracy": round(accuracy, 4), "real_confident_fraction":
-                round(real_confident, 4), "blend_confident_fraction": round(blends, 4),
-                "epochs": epochs, "seed": seed,
-                "version": CLASSIFIER_VERSION,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        scorer.info.update({
+            "dataset": data.name, "image_size": list(size), "channels": channels,
+            "samples": samples, "class_names": list(class_names),
+            "real_accuracy": round(accuracy, 4),
+            "real_confident_fraction": round(real_confident, 4),
+            "blend_confident_fraction": round(blends, 4),
+            "epochs": epochs, "seed": seed, "version": CLASSIFIER_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
         cache.mkdir(parents=True, exist_ok=True)
         save_model(classifier, cache / CLASSIFIER)
         np.savez(cache / REFERENCE, features=feats_a, floor=np.float64(floor))
