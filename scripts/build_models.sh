@@ -3,8 +3,8 @@
 # Usage: scripts/build_models.sh [STEP...]   STEP: unet-pets fcn-pets unet-membrane
 #        dcgan-mnist dcgan-fashion (default: all, in that order). Each trains on 2 CPU cores
 #        in about 10-40 minutes (dcgan-mnist: 90); the export steps are appended after the
-#        train steps: export-NAME (ONNX fp32/fp16/int8 + report in runs/NAME/onnx, a few minutes each)
-#        and bundle (copies the chosen files into segen_edge/models).
+#        train steps: export-NAME (ONNX fp32/fp16/int8 + report in runs/NAME/onnx, a few
+#        minutes each) and bundle (copies the chosen files into segen_edge/models).
 # DATA (default ../shared/data) and RUNS (default runs) may be overridden.
 set -euo pipefail
 cd "$(dirname "$0")/.."
