@@ -250,6 +250,26 @@ def test_generator_exports_with_seeded_latents(tmp_path: Path) -> None:
     assert out.shape == (3, 1, 16, 16)
 
 
+def test_generator_with_an_infogan_code_exports_and_matches_keras(tmp_path: Path) -> None:
+    """The code's argmax/one-hot converts; export's own check compares ONNX with Keras."""
+    from train.models import build_generator
+
+    keras.utils.set_random_seed(2)
+    run_dir = tmp_path / "coded"
+    info = ModelInfo(task="generate", arch="dcgan", name="coded", image_size=(32, 32),
+                     channels=1, pixel_scale=1 / 127.5, pixel_offset=-1.0, latent_size=8)
+    _write_info(run_dir, info)
+    build_generator(8, 32, 1, filters=8, codes=4).save(run_dir / "generator.keras")
+    assert main([str(run_dir), "--precision", "fp32", "--latency-runs", "1",
+                 "--eval-limit", "16"]) == 0
+    session = ort.InferenceSession(str(run_dir / "onnx" / "coded-fp32.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    latents = np.zeros((2, 8), np.float32)
+    latents[0, 1] = latents[1, 3] = 1.0  # codes 1 and 3, the rest equal
+    first, second = session.run(None, {"latents": latents})[0]
+    assert np.abs(first - second).max() > 1e-3  # the code changes the image
+
+
 def test_existing_files_need_overwrite(seg_run: Path, seg_export: Path, capsys) -> None:
     code = main([str(seg_run), "--out", str(seg_export), "--precision", "fp32"])
     assert code == 1

@@ -11,6 +11,7 @@ import keras
 from segen_edge.errors import BadInputError
 from train.models import (
     GAN,
+    CategoricalCode,
     build_discriminator,
     build_fcn,
     build_generator,
@@ -110,6 +111,50 @@ def test_gan_trains_a_few_steps_and_is_seeded() -> None:
     assert {"d_loss", "g_loss"} <= set(logs) and all(np.isfinite(v) for v in logs.values())
     _, second = run()
     np.testing.assert_allclose(first, second, atol=1e-5)
+
+
+def test_categorical_code_is_the_one_hot_of_the_first_latents_argmax(tmp_path) -> None:
+    latents = np.random.default_rng(0).standard_normal((20000, 7)).astype(np.float32)
+    coded = keras.ops.convert_to_numpy(CategoricalCode(4)(latents))
+    np.testing.assert_array_equal(coded[:, 4:], latents[:, 4:])
+    np.testing.assert_array_equal(coded[:, :4], np.eye(4)[latents[:, :4].argmax(axis=1)])
+    shares = coded[:, :4].mean(axis=0)  # N(0, I) latents pick every code equally often
+    np.testing.assert_allclose(shares, 0.25, atol=0.015)
+
+    generator = build_generator(7, 32, 1, filters=8, codes=4)
+    generator.save(tmp_path / "g.keras")
+    loaded = keras.models.load_model(tmp_path / "g.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(latents[:4])),
+                               keras.ops.convert_to_numpy(generator(latents[:4])), atol=1e-6)
+    with pytest.raises(BadInputError, match="code categories"):
+        build_generator(4, 32, 1, codes=4)
+
+
+def test_code_loss_targets_the_latents_code() -> None:
+    gan = GAN(build_generator(6, 32, 1, filters=8, codes=3),
+              build_discriminator(32, 1, filters=8, codes=3))
+    gan.compile()
+    latents = np.array([[2.0, 0, 0, 1, 1, 1], [0, 0, 3.0, 1, 1, 1]], np.float32)
+    right = np.array([[9.0, 0, 0], [0, 0, 9.0]], np.float32)
+    loss, told = gan._code_loss(latents, right)
+    assert float(loss) < 1e-3 and np.asarray(told).tolist() == [1.0, 1.0]
+    loss_wrong, told = gan._code_loss(latents, right[::-1])
+    assert float(loss_wrong) > 5 and np.asarray(told).tolist() == [0.0, 0.0]
+
+
+def test_gan_with_a_code_trains_and_reports_how_well_the_code_is_told_back() -> None:
+    keras.utils.set_random_seed(2)
+    discriminator = build_discriminator(32, 1, filters=8, codes=4)
+    assert [tuple(o.shape) for o in discriminator.outputs] == [(None, 1), (None, 4)]
+    gan = GAN(build_generator(8, 32, 1, filters=8, codes=4), discriminator, seed=2)
+    gan.compile()
+    real = np.random.default_rng(1).uniform(-1, 1, (16, 32, 32, 1)).astype(np.float32)
+    logs = gan.fit(real, batch_size=8, epochs=1, verbose=0).history
+    assert 0.0 <= logs["code_acc"][-1] <= 1.0 and np.isfinite(logs["d_loss"][-1])
+    with pytest.raises(BadInputError, match="code head"):
+        GAN(build_generator(8, 32, 1, filters=8, codes=4), build_discriminator(32, 1, filters=8))
+    with pytest.raises(BadInputError, match="one output"):
+        GAN(build_generator(8, 32, 1, filters=8), discriminator)
 
 
 def test_unet_fits_a_few_steps_with_ignore_index() -> None:

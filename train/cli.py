@@ -81,6 +81,12 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
                           "but the first, as in the paper, or none")
     gan.add_argument("--d-dropout", type=float, default=0.0,
                      help="dropout before the discriminator's logit (0: none, as in the paper)")
+    gan.add_argument("--codes", type=int, default=0, metavar="K",
+                     help="InfoGAN categorical code with K categories (Chen et al. 2016): "
+                          "the first K latents' argmax picks it and the discriminator learns "
+                          "to tell it back, no labels used (default 0: plain DCGAN)")
+    gan.add_argument("--info-weight", type=float, default=1.0,
+                     help="weight of the code loss against the GAN loss (InfoGAN's lambda)")
     gan.add_argument("--ema", type=float, default=0.999,
                      help="generator weight averaging decay; the average is what is saved "
                           "and scored (0: off)")

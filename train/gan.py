@@ -163,14 +163,15 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"resuming {run_dir} after epoch {initial_epoch} (optimizer state restarts)",
               flush=True)
     else:
-        generator = build_generator(args.latent_size, height, args.channels, args.filters)
+        generator = build_generator(args.latent_size, height, args.channels, args.filters,
+                                    codes=args.codes)
         discriminator = build_discriminator(height, args.channels, args.d_filters,
                                             batchnorm=args.d_norm == "batch",
-                                            dropout=args.d_dropout)
+                                            dropout=args.d_dropout, codes=args.codes)
         ema_generator = None
         initial_epoch = 0
     gan = GAN(generator, discriminator, seed=args.seed, ema_decay=args.ema,
-              ema_generator=ema_generator)
+              ema_generator=ema_generator, info_weight=args.info_weight)
     gan.compile(
         d_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
         g_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
@@ -207,6 +208,8 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "discriminator_norm": args.d_norm,
             "discriminator_dropout": args.d_dropout,
             "ema_decay": args.ema,
+            "categorical_code": gan.codes,  # InfoGAN code: argmax of the first latents
+            "info_weight": args.info_weight if gan.codes else None,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
             "lr_decay_epochs": args.lr_decay_epochs,
