@@ -277,6 +277,14 @@ def test_quality_classifier_cache_is_reused_until_its_recipe_changes(tmp_path: P
     info_path.write_text(json.dumps(stamped))
     assert QualityScorer.load_or_train(cache, data, samples=10, epochs=1).info["created"] == \
         "marker"  # same recipe: loaded, not retrained
+    with pytest.raises(BadInputError, match=r"other settings: samples 10 \(this run: 12\)"):
+        QualityScorer.load_or_train(cache, data, samples=12, epochs=1)  # shared: kept
+    assert json.loads(info_path.read_text())["created"] == "marker"
+    fewer = load_gan_data(tmp_path / "mnist", (32, 32), 1, limit=len(data.images_u8) - 1)
+    with pytest.raises(BadInputError, match="train_count"):
+        QualityScorer.load_or_train(cache, fewer, samples=10, epochs=1)
+    assert QualityScorer.load_or_train(cache, data, samples=12, epochs=1,
+                                       replace=True).info["samples"] == 12
     info_path.write_text(json.dumps({k: v for k, v in stamped.items() if k != "version"}))
     retrained = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
     assert retrained.info["created"] != "marker"  # an older classifier's cache is replaced

@@ -149,8 +149,9 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     scorer = None
     classifier_cache = Path(args.classifier_cache or run_dir).resolve()
     if data.labels is not None:
-        scorer = QualityScorer.load_or_train(classifier_cache, data,
-                                             args.seed, args.samples)
+        own_cache = classifier_cache == run_dir.resolve()  # --overwrite starts it afresh too
+        scorer = QualityScorer.load_or_train(classifier_cache, data, args.seed, args.samples,
+                                             replace=own_cache and args.overwrite)
     else:
         print("quality: no class labels, so no quality score (sample grids only)", flush=True)
 

@@ -104,18 +104,34 @@ class QualityScorer:
 
     @classmethod
     def load_or_train(cls, cache_dir: str | Path, data: GanData, seed: int = 0,
-                      samples: int = 1000, epochs: int = 5) -> QualityScorer:
-        """Load the cached classifier for this data set, or train and cache it."""
+                      samples: int = 1000, epochs: int = 5,
+                      replace: bool = False) -> QualityScorer:
+        """Load the cached classifier for this data set, or train and cache it.
+
+        A cache of the current version made for other data or settings is refused, not
+        overwritten (a judge shared by several runs must not change under them), unless
+        `replace`; one from an older version is replaced.
+        """
         cache = Path(cache_dir)
         size = tuple(int(v) for v in data.images_u8.shape[1:3])
         channels = int(data.images_u8.shape[-1])
         if (cache / CLASSIFIER_INFO).is_file():
             info = read_json(cache / CLASSIFIER_INFO)
-            if (info.get("dataset") == data.name and tuple(info.get("image_size", ())) == size
-                    and info.get("channels") == channels and info.get("samples") == samples
-                    and info.get("epochs") == epochs
-                    and info.get("version", 1) == CLASSIFIER_VERSION):
-                return cls.load(cache)
+            wanted = {"dataset": data.name, "image_size": list(size), "channels": channels,
+                      "samples": samples, "epochs": epochs,
+                      "train_count": len(data.images_u8)}
+            # train_count is missing from caches written before it was recorded
+            differs = [f"{key} {info[key]} (this run: {value})" for key, value in wanted.items()
+                       if key in info and info[key] != value]
+            if info.get("version", 1) == CLASSIFIER_VERSION:
+                if not differs:
+                    return cls.load(cache)
+                if not replace:
+                    raise BadInputError(
+                        f"{cache}: holds a quality classifier made for other settings: "
+                        f"{'; '.join(differs)}; pass another --classifier-cache, or delete "
+                        f"{cache / CLASSIFIER_INFO} to train a new one there"
+                    )
         if data.labels is None:
             raise BadInputError(f"{data.name}: the quality score needs class labels (MNIST "
                                 "label files, or one subfolder per class)")
@@ -147,7 +163,8 @@ class QualityScorer:
         blends = blend_confidence(scorer.probabilities, real_u8, real_labels, seed)
         scorer.info.update({
             "dataset": data.name, "image_size": list(size), "channels": channels,
-            "samples": samples, "class_names": list(class_names),
+            "samples": samples, "train_count": len(data.images_u8),
+            "class_names": list(class_names),
             "real_accuracy": round(accuracy, 4),
             "real_confident_fraction": round(real_confident, 4),
             "blend_confident_fraction": round(blends, 4),
