@@ -382,6 +382,11 @@ def generate(
     ] = None,
     pixel_scale: PixelScaleOpt = None,
     pixel_offset: PixelOffsetOpt = None,
+    code: Annotated[
+        int | None,
+        typer.Option("--code", min=0, help="Only this category of a model trained with an "
+                     "InfoGAN code ('segen-edge info' shows it); unsupervised, not a label."),
+    ] = None,
 ) -> None:
     """Generate images from seeded latent vectors; write PNGs (and a grid)."""
     import numpy as np
@@ -403,13 +408,15 @@ def generate(
 
     generator = _open(model, "generate", device, precision, batch_threads(threads), overrides)
     assert isinstance(generator, Generator)
+    generator.check_code(code)
     name = generator.info.name or generator.loaded.path.stem
     keep_for_grid = []
     written = skipped = 0
     with _graceful_stop() as stop, _progress(n, "generate") as bar:
         task = bar.add_task("generate", total=n)
         files = generator.generate_files(
-            n, seed, out, name, batch_size, overwrite, stop, lanes=lanes_for(generator.provider, threads)
+            n, seed, out, name, batch_size, overwrite, stop,
+            lanes=lanes_for(generator.provider, threads), code=code,
         )
         for count, result in enumerate(files, start=1):
             stop.announce()
@@ -545,9 +552,11 @@ def list_models(
     for col in ("name", "task", "arch", "precisions", "input", "classes", "size"):
         table.add_column(col)
     for row in rows:
-        classes = (
-            ", ".join(row["class_names"]) if row["task"] == "segment" else f"latent {row['latent_size']}"
-        )
+        if row["task"] == "segment":
+            classes = ", ".join(row["class_names"])
+        else:
+            codes = row.get("card", {}).get("categorical_code")
+            classes = f"latent {row['latent_size']}" + (f", code 0-{codes - 1}" if codes else "")
         sizes = ", ".join(f"{p} {mb:.1f} MB" for p, mb in row["file_mb"].items())
         table.add_row(
             row["name"],

@@ -261,6 +261,46 @@ def test_generate_grid_and_random_seed_is_reported(gen_model: Path, tmp_path: Pa
     assert code == 0 and np.asarray(Image.open(grid)).shape == (3 * 22, 3 * 32)
 
 
+def test_generate_code_picks_a_category_and_names_the_files(tmp_path: Path) -> None:
+    from conftest import generator_info, make_generator
+
+    from segen_edge.generate import with_code
+
+    coded = make_generator(tmp_path / "coded.onnx", generator_info(card={"categorical_code": 3}))
+    out = tmp_path / "o"
+    code, _, stderr = run("generate", "-n", "4", "--seed", "5", "-m", str(coded), "-o", str(out),
+                          "--code", "2")
+    assert code == 0, stderr
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"tiny-gen-c2-s5-{i:05d}.png" for i in range(4)]
+    # the tiny generator is tanh(latents @ W): recompute image 0 from the coded latents
+    latents = with_code(np.random.default_rng(5).standard_normal((4, 4), dtype=np.float32), 3, 2)
+    assert (latents[:, :3].argmax(axis=1) == 2).all()
+    weight = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    expected = np.rint((np.tanh(latents[0] @ weight) + 1) * 127.5).reshape(8, 8)
+    assert np.abs(np.asarray(Image.open(files[0])).astype(int) - expected).max() <= 1
+    code, _, stderr = run("generate", "-n", "1", "-m", str(coded), "-o", str(out), "--code", "3")
+    assert code != 0 and "3 categories; pass 0 to 2" in stderr
+    assert "tiny-gen" in stderr
+
+
+def test_generate_code_needs_a_coded_model(gen_model: Path, tmp_path: Path) -> None:
+    code, _, stderr = run("generate", "-m", str(gen_model), "-o", str(tmp_path), "--code", "1")
+    assert code != 0 and "no categorical code" in stderr and "--codes" in stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_with_code_only_swaps_two_entries_per_row() -> None:
+    from segen_edge.generate import with_code
+
+    latents = np.random.default_rng(0).standard_normal((500, 6)).astype(np.float32)
+    coded = with_code(latents, 4, 1)
+    assert (coded[:, :4].argmax(axis=1) == 1).all()
+    np.testing.assert_array_equal(np.sort(coded, axis=1), np.sort(latents, axis=1))
+    np.testing.assert_array_equal(coded[:, 4:], latents[:, 4:])
+    assert ((coded != latents).sum(axis=1) <= 2).all()
+
+
 def test_generate_rejects_segmenter(seg_model: Path, tmp_path: Path) -> None:
     code, _, stderr = run("generate", "-m", str(seg_model), "-o", str(tmp_path))
     assert code == 1 and "segen-edge segment" in stderr
