@@ -215,6 +215,8 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
         "16",
         "--latent-size",
         "8",
+        "--codes",
+        "4",
         "--filters",
         "8",
         "--d-filters",
@@ -252,6 +254,7 @@ def test_dcgan_run_and_quality_score(tmp_path: Path) -> None:
     resumed = json.loads((run / "model_info.json").read_text())["card"]
     assert resumed["epochs_run"] == 3 and len(resumed["commands"]) == 2
     assert resumed["lr_decay_epochs"] == 2
+    assert resumed["categorical_code"] == 4  # the InfoGAN code survives the resume
     with (run / "log.csv").open() as log:
         rates = [float(row["lr"]) for row in csv.DictReader(log) if row.get("lr")]
     assert rates[-2:] == pytest.approx([2e-4 * 2 / 3, 2e-4 * 1 / 3])  # the resumed epochs

@@ -70,7 +70,7 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     gan = sub.add_parser("dcgan", help="train a DCGAN on MNIST-style IDX files or images")
     _common(gan, (32, 32), 10, 64)
     gan.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    gan.add_argument("--latent-size", type=int, default=100)
+    gan.add_argument("--latent-size", type=int, default=64)
     gan.add_argument("--filters", type=int, default=64, help="generator's last width")
     gan.add_argument("--d-filters", type=int, default=32,
                      help="discriminator's first width (default 32: a step takes about 0.6x "
@@ -81,10 +81,10 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
                           "but the first, as in the paper, or none")
     gan.add_argument("--d-dropout", type=float, default=0.0,
                      help="dropout before the discriminator's logit (0: none, as in the paper)")
-    gan.add_argument("--codes", type=int, default=0, metavar="K",
+    gan.add_argument("--codes", type=int, default=10, metavar="K",
                      help="InfoGAN categorical code with K categories (Chen et al. 2016): "
                           "the first K latents' argmax picks it and the discriminator learns "
-                          "to tell it back, no labels used (default 0: plain DCGAN)")
+                          "to tell it back, no labels used (default 10; 0: plain DCGAN)")
     gan.add_argument("--info-weight", type=float, default=1.0,
                      help="weight of the code loss against the GAN loss (InfoGAN's lambda)")
     gan.add_argument("--ema", type=float, default=0.999,
