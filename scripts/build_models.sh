@@ -2,7 +2,7 @@
 # Train the project's models from ../shared/data into runs/NAME (logs in runs/NAME.log).
 # Usage: scripts/build_models.sh [STEP...]   STEP: unet-pets fcn-pets unet-membrane
 #        dcgan-mnist dcgan-fashion (default: all, in that order). Each trains on 2 CPU cores
-#        in about 10-40 minutes (dcgan-mnist: 90); the export steps are appended after the
+#        in about 10-40 minutes (dcgan-mnist: 80); the export steps are appended after the
 #        train steps: export-NAME (ONNX fp32/fp16/int8 + report in runs/NAME/onnx, a few
 #        minutes each) and bundle (copies the chosen files into segen_edge/models).
 # DATA (default ../shared/data) and RUNS (default runs) may be overridden.
@@ -36,12 +36,12 @@ step_unet_membrane() {
 }
 step_dcgan_mnist() {
     train dcgan-mnist dcgan --data "$DATA/mnist" --image-size 32 32 --channels 1 \
-        --latent-size 64 --filters 64 --d-filters 32 --epochs 50 --lr-decay-epochs 20 \
-        --batch-size 64
+        --latent-size 64 --filters 64 --d-filters 32 --codes 10 --epochs 35 \
+        --lr-decay-epochs 15 --batch-size 64
 }
 step_dcgan_fashion() {
     train dcgan-fashion dcgan --data "$DATA/fashion" --image-size 32 32 --channels 1 \
-        --latent-size 64 --filters 32 --d-filters 32 --epochs 3 --batch-size 64
+        --latent-size 64 --filters 32 --d-filters 32 --codes 0 --epochs 3 --batch-size 64
 }
 
 # -- export steps (appended by export/) --
