@@ -251,7 +251,8 @@ def test_generator_exports_with_seeded_latents(tmp_path: Path) -> None:
 
 
 def test_generator_with_an_infogan_code_exports_and_matches_keras(tmp_path: Path) -> None:
-    """The code's argmax/one-hot converts; export's own check compares ONNX with Keras."""
+    """The code's argmax/one-hot converts in every precision; export's own check compares
+    ONNX with Keras."""
     from train.models import build_generator
 
     keras.utils.set_random_seed(2)
@@ -260,8 +261,11 @@ def test_generator_with_an_infogan_code_exports_and_matches_keras(tmp_path: Path
                      channels=1, pixel_scale=1 / 127.5, pixel_offset=-1.0, latent_size=8)
     _write_info(run_dir, info)
     build_generator(8, 32, 1, filters=8, codes=4).save(run_dir / "generator.keras")
-    assert main([str(run_dir), "--precision", "fp32", "--latency-runs", "1",
-                 "--eval-limit", "16"]) == 0
+    assert main([str(run_dir), "--precision", "fp32,fp16,int8", "--calib-count", "16",
+                 "--latency-runs", "1", "--eval-limit", "16"]) == 0
+    report = json.loads((run_dir / "onnx" / "coded-export.json").read_text())
+    rows = {row["precision"]: row for row in report["precisions"]}
+    assert rows["fp16"]["mean_abs_diff"] < 1.0 and rows["int8"]["mean_abs_diff"] < 2.55
     session = ort.InferenceSession(str(run_dir / "onnx" / "coded-fp32.onnx"),
                                    providers=["CPUExecutionProvider"])
     latents = np.zeros((2, 8), np.float32)

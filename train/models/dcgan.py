@@ -51,7 +51,9 @@ class CategoricalCode(layers.Layer):
     def call(self, latents: Any) -> Any:
         head = latents[:, : self.categories]
         top = keras.ops.max(head, axis=-1, keepdims=True)
-        one_hot = keras.ops.cast(keras.ops.equal(head, top), latents.dtype)
+        # sign(head - top) is 0 at the max and -1 elsewhere: float ops only, so the fp16
+        # and int8 exports need no Cast or boolean tensor
+        one_hot = keras.ops.sign(head - top) + 1.0
         return keras.ops.concatenate([one_hot, latents[:, self.categories :]], axis=-1)
 
     def get_config(self) -> dict[str, Any]:
