@@ -41,7 +41,7 @@ step_dcgan_mnist() {
 }
 step_dcgan_fashion() {
     train dcgan-fashion dcgan --data "$DATA/fashion" --image-size 32 32 --channels 1 \
-        --latent-size 64 --filters 32 --d-filters 32 --codes 0 --epochs 3 --batch-size 64
+        --latent-size 64 --filters 64 --d-filters 32 --codes 10 --epochs 10 --batch-size 64
 }
 
 # -- export steps (appended by export/) --
