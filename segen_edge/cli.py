@@ -408,7 +408,6 @@ def generate(
 
     generator = _open(model, "generate", device, precision, batch_threads(threads), overrides)
     assert isinstance(generator, Generator)
-    generator.check_code(code)
     name = generator.info.name or generator.loaded.path.stem
     keep_for_grid = []
     written = skipped = 0
