@@ -117,13 +117,13 @@ class QualityScorer:
         channels = int(data.images_u8.shape[-1])
         if (cache / CLASSIFIER_INFO).is_file():
             info = read_json(cache / CLASSIFIER_INFO)
-            wanted = {"dataset": data.name, "image_size": list(size), "channels": channels,
-                      "samples": samples, "epochs": epochs,
-                      "train_count": len(data.images_u8)}
-            # train_count is missing from caches written before it was recorded
-            differs = [f"{key} {info[key]} (this run: {value})" for key, value in wanted.items()
-                       if key in info and info[key] != value]
             if info.get("version", 1) == CLASSIFIER_VERSION:
+                wanted = {"dataset": data.name, "image_size": list(size), "channels": channels,
+                          "samples": samples, "epochs": epochs,
+                          "train_count": len(data.images_u8)}
+                # train_count is missing from caches written before it was recorded
+                differs = [f"{key} {info[key]} (this run: {value})"
+                           for key, value in wanted.items() if key in info and info[key] != value]
                 if not differs:
                     return cls.load(cache)
                 if not replace:
