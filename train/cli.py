@@ -74,7 +74,7 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     gan.add_argument("--filters", type=int, default=64, help="generator's last width")
     gan.add_argument("--d-filters", type=int, default=32,
                      help="discriminator's first width (default 32: a step takes about 0.6x "
-                          "the time of 64, so 10 epochs of MNIST take about 20 minutes on "
+                          "the time of 64, so 10 epochs of MNIST take about 22 minutes on "
                           "2 cores)")
     gan.add_argument("--d-norm", choices=("batch", "none"), default="batch",
                      help="discriminator normalization: BatchNorm after every strided conv "
