@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import glob
@@ -321,16 +322,16 @@ def preprocess(image_u8: np.ndarray, info: ModelInfo, channels_first: bool = Fal
 
     The one preprocessing used by inference, calibration and evaluation alike.
     """
-    resized = resize_u8(image_u8, info.image_size)
-    if channels_first:
-        resized = resized.transpose(2, 0, 1)
-    return resized.astype(np.float32) * np.float32(info.pixel_scale) + np.float32(info.pixel_offset)
+    pre = info.preprocessing
+    if channels_first != pre.channels_first:
+        pre = dataclasses.replace(pre, layout="NCHW" if channels_first else "NHWC")
+    return pre.to_model(resize_u8(image_u8, info.image_size))
 
 
 def to_pixels(values: np.ndarray, info: ModelInfo) -> np.ndarray:
     """Invert preprocess's scaling: model values -> uint8 pixels."""
-    pixels = (values.astype(np.float32) - info.pixel_offset) / info.pixel_scale
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    pre = dataclasses.replace(info.preprocessing, layout="NHWC")
+    return pre.to_pixels(values)
 
 
 # -- writing -----------------------------------------------------------------------------

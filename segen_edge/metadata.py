@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import numpy as np
+
 from .errors import MetadataError
 
 SCHEMA_VERSION = 1
@@ -21,6 +23,8 @@ PREFIX = "segen."
 TASKS = ("segment", "generate")
 LAYOUTS = ("NHWC", "NCHW")
 PRECISIONS = ("fp32", "fp16", "int8")
+MODES = ("resize", "tile", "native")  # how a segmenter is run over an image (see tiling.py)
+OUTPUTS = ("logits", "probs", "ids")  # what a segmenter's graph returns
 MAX_SIDE = 65536  # larger model inputs are a typo, not a model
 
 Task = Literal["segment", "generate"]
@@ -40,6 +44,19 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     latent_size: int = 0
+    # Per-channel normalization as torchvision/timm write it, in 0..1 pixel units:
+    # value = (pixel / 255 - mean) / std. When given, it replaces pixel_scale/pixel_offset.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    output: str = "logits"  # logits | probs | ids (a graph ending in ArgMax)
+    # How the model was trained, so the runtime runs it the same way over any image size:
+    # resize (whole images resized to image_size), tile (crops at native scale: windows of
+    # tile_size with `overlap`), native (whole image, padded to a multiple of `stride`).
+    mode: str = "resize"
+    tile_size: tuple[int, ...] = ()  # (height, width); () = image_size
+    overlap: float = 0.25
+    keep_aspect: bool = False  # resize mode: letterboxed to image_size, not squashed
+    stride: int = 32  # the network's total downsampling; native mode pads to a multiple
     precision: str = "fp32"
     name: str = ""
     exporter_version: str = ""
@@ -70,6 +87,25 @@ class ModelInfo:
             raise bad("pixel_scale", self.pixel_scale, "a finite, non-zero number")
         if not math.isfinite(self.pixel_offset):
             raise bad("pixel_offset", self.pixel_offset, "a finite number")
+        if self.mean or self.std:
+            if len(self.mean) != self.channels or len(self.std) != self.channels:
+                raise bad("mean", [list(self.mean), list(self.std)],
+                          f"mean and std of {self.channels} values each, one per channel")
+            if not all(math.isfinite(v) for v in self.mean):
+                raise bad("mean", list(self.mean), "finite numbers")
+            if not all(math.isfinite(v) and v > 0 for v in self.std):
+                raise bad("std", list(self.std), "finite numbers above 0")
+        if self.output not in OUTPUTS:
+            raise bad("output", self.output, "one of " + ", ".join(OUTPUTS))
+        if self.mode not in MODES:
+            raise bad("mode", self.mode, "one of " + ", ".join(MODES))
+        tile = self.tile_size
+        if tile and (len(tile) != 2 or not all(isinstance(v, int) and 0 < v <= MAX_SIDE for v in tile)):
+            raise bad("tile_size", list(tile), f"[height, width] of two integers in 1..{MAX_SIDE}")
+        if not (isinstance(self.overlap, (int, float)) and 0.0 <= self.overlap < 1.0):
+            raise bad("overlap", self.overlap, "a fraction in [0, 1)")
+        if not (isinstance(self.stride, int) and 1 <= self.stride <= 1024):
+            raise bad("stride", self.stride, "an integer in 1..1024")
         if self.task == "segment":
             if len(self.class_names) < 2:
                 raise bad("class_names", list(self.class_names), "at least two class names")
@@ -86,6 +122,24 @@ class ModelInfo:
     @property
     def height(self) -> int:
         return self.image_size[0]
+
+    @property
+    def tile(self) -> tuple[int, int]:
+        """The window of tile mode: tile_size, else image_size."""
+        if len(self.tile_size) == 2:
+            return (self.tile_size[0], self.tile_size[1])
+        return self.image_size
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The one object that turns pixels into model values and back (see Preprocessing)."""
+        if self.mean:
+            scale = tuple(1.0 / (255.0 * s) for s in self.std)
+            offset = tuple(-m / s for m, s in zip(self.mean, self.std, strict=True))
+        else:
+            scale = (self.pixel_scale,) * self.channels
+            offset = (self.pixel_offset,) * self.channels
+        return Preprocessing(self.layout, self.channels, scale, offset)
 
     @property
     def width(self) -> int:
@@ -161,7 +215,9 @@ def _coerce(name: str, value: Any) -> Any:
     def fail(expected: str) -> MetadataError:
         return MetadataError(f"metadata key '{PREFIX}{name}' is {value!r}; expected {expected}")
 
-    if name in ("image_size",):
+    if name in ("image_size", "tile_size"):
+        if name == "tile_size" and value in ([], (), None):
+            return ()
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise fail("[height, width]")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -184,7 +240,21 @@ def _coerce(name: str, value: Any) -> Any:
                 raise fail("a list of [r, g, b] colours")
             colours.append((int(colour[0]), int(colour[1]), int(colour[2])))
         return tuple(colours)
-    if name in ("channels", "latent_size", "schema_version"):
+    if name in ("mean", "std"):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise fail("a list of numbers, one per channel")
+        return tuple(float(v) for v in value)
+    if name == "overlap":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise fail("a number in [0, 1)")
+        return float(value)
+    if name == "keep_aspect":
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if name in ("channels", "latent_size", "schema_version", "stride"):
         if not isinstance(value, int) or isinstance(value, bool):
             raise fail("an integer")
         return value
@@ -192,7 +262,7 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise fail("a number")
         return float(value)
-    if name in ("task", "arch", "layout", "precision", "name", "exporter_version"):
+    if name in ("task", "arch", "layout", "precision", "name", "exporter_version", "output", "mode"):
         if not isinstance(value, str):
             raise fail("a string")
         return value
@@ -201,6 +271,54 @@ def _coerce(name: str, value: Any) -> Any:
             raise fail("a JSON object")
         return value
     return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """Pixels <-> model values, and the model's tensor layout: the one copy of both.
+
+    ``value = pixel * scale[c] + offset[c]`` per channel c. Runtime, export and training
+    all feed models through `to_model` and read generated images through `to_pixels`.
+    """
+
+    layout: str  # NHWC | NCHW
+    channels: int
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    @property
+    def channels_first(self) -> bool:
+        return self.layout == "NCHW"
+
+    def to_model(self, images_u8: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) or (H, W, C) images -> float32 model input in the model's layout.
+
+        NCHW inputs are transposed while still uint8, in the pass that scales."""
+        single = images_u8.ndim == 3
+        batch = images_u8[None] if single else images_u8
+        if self.channels_first:
+            batch = batch.transpose(0, 3, 1, 2)
+        shape = (1, -1, 1, 1) if self.channels_first else (1, 1, 1, -1)
+        scale = np.asarray(self.scale, np.float32).reshape(shape)
+        offset = np.asarray(self.offset, np.float32).reshape(shape)
+        if len(set(self.scale)) == 1 and len(set(self.offset)) == 1:
+            scale, offset = scale.ravel()[:1].reshape(()), offset.ravel()[:1].reshape(())
+        out = np.empty(batch.shape, np.float32)
+        np.multiply(batch, scale, out=out, casting="unsafe")
+        out += offset
+        return out[0] if single else out
+
+    def to_nhwc(self, values: np.ndarray) -> np.ndarray:
+        """A (N, ...) tensor in the model's layout -> channels last (a view when NHWC)."""
+        return values.transpose(0, 2, 3, 1) if self.channels_first else values
+
+    def to_pixels(self, values: np.ndarray) -> np.ndarray:
+        """Model values (N, H, W, C) in the model's layout -> uint8 (N, H, W, C) pixels."""
+        nhwc = self.to_nhwc(values).astype(np.float32)
+        scale = np.asarray(self.scale, np.float32)
+        offset = np.asarray(self.offset, np.float32)
+        pixels = (nhwc - offset) / scale
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 def stamp_onnx(model: Any, info: ModelInfo) -> None:
