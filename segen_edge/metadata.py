@@ -290,6 +290,17 @@ class Preprocessing:
     def channels_first(self) -> bool:
         return self.layout == "NCHW"
 
+    def _coefficients(self, channels_first: bool) -> tuple[np.ndarray, np.ndarray]:
+        """scale and offset shaped to broadcast over (N, H, W, C) or (N, C, H, W) arrays;
+        0-d when every channel shares them (so any array shape works)."""
+        if len(set(self.scale)) == 1 and len(set(self.offset)) == 1:
+            return np.float32(self.scale[0]), np.float32(self.offset[0])  # type: ignore[return-value]
+        shape = (-1, 1, 1) if channels_first else (-1,)
+        return (
+            np.asarray(self.scale, np.float32).reshape(shape),
+            np.asarray(self.offset, np.float32).reshape(shape),
+        )
+
     def to_model(self, images_u8: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, C) or (H, W, C) images -> float32 model input in the model's layout.
 
@@ -298,11 +309,7 @@ class Preprocessing:
         batch = images_u8[None] if single else images_u8
         if self.channels_first:
             batch = batch.transpose(0, 3, 1, 2)
-        shape = (1, -1, 1, 1) if self.channels_first else (1, 1, 1, -1)
-        scale = np.asarray(self.scale, np.float32).reshape(shape)
-        offset = np.asarray(self.offset, np.float32).reshape(shape)
-        if len(set(self.scale)) == 1 and len(set(self.offset)) == 1:
-            scale, offset = scale.ravel()[:1].reshape(()), offset.ravel()[:1].reshape(())
+        scale, offset = self._coefficients(self.channels_first)
         out = np.empty(batch.shape, np.float32)
         np.multiply(batch, scale, out=out, casting="unsafe")
         out += offset
@@ -313,11 +320,11 @@ class Preprocessing:
         return values.transpose(0, 2, 3, 1) if self.channels_first else values
 
     def to_pixels(self, values: np.ndarray) -> np.ndarray:
-        """Model values (N, H, W, C) in the model's layout -> uint8 (N, H, W, C) pixels."""
-        nhwc = self.to_nhwc(values).astype(np.float32)
-        scale = np.asarray(self.scale, np.float32)
-        offset = np.asarray(self.offset, np.float32)
-        pixels = (nhwc - offset) / scale
+        """Model values in the model's layout (N, H, W, C) or (N, C, H, W) -> uint8 pixels,
+        channels last."""
+        nhwc = self.to_nhwc(values) if values.ndim == 4 else values
+        scale, offset = self._coefficients(False)
+        pixels = (nhwc.astype(np.float32) - offset) / scale
         return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
