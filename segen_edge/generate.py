@@ -10,55 +10,126 @@ c, which draws from the latents of category c exactly (the head's entries are ex
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from .errors import BadInputError
-from .images import save_image, to_pixels
+from .errors import BadInputError, ModelError
 from .model import Model
 from .pipeline import ordered_map
 
+MAX_COUNT = 10_000_000  # images per call; more is a typo (and days of work)
+MAX_GRID_PIXELS = 120_000_000
 
-@dataclass(frozen=True)
-class GeneratedFile:
-    path: Path
-    written: bool  # False: the file existed and was kept (no --overwrite)
-    image: np.ndarray
+
+def check_seed(seed: int | None) -> int | None:
+    """None (a fresh random seed) or a whole number 0 .. 2**63 - 1."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+        raise BadInputError(f"--seed {seed}: expected a whole number from 0 to {2**63 - 1}")
+    return int(seed)
+
+
+def check_count(n: int, what: str = "-n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_COUNT:
+        raise BadInputError(f"{what} {n}: expected 1 to {MAX_COUNT:,} images")
+    return int(n)
+
+
+def check_batch_size(batch_size: int, limit: int = 4096) -> int:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, (int, np.integer))
+        or not 1 <= batch_size <= limit
+    ):
+        raise BadInputError(f"--batch-size {batch_size}: expected 1 to {limit}")
+    return int(batch_size)
+
+
+def fresh_seed() -> int:
+    """A random seed to report, so a run can be repeated."""
+    return int(np.random.SeedSequence().entropy % 2**31)  # type: ignore[operator]
 
 
 class Generator(Model):
-    """A generative model: latent vectors in, images out."""
+    """A generative model: latent vectors in, uint8 images out. Use `segen_edge.load_generator()`.
+
+    >>> gen = segen_edge.load_generator("dcgan-mnist")
+    >>> images = gen.generate(16, seed=0)          # (16, 32, 32, 1) uint8
+    >>> Image.fromarray(gen.grid(images)).save("grid.png")
+    """
 
     @property
     def codes(self) -> int:
         """Categories of the model's InfoGAN code (0: none)."""
-        return int(self.info.card.get("categorical_code") or 0)
+        value = self.info.card.get("categorical_code") or 0
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
     def check_code(self, code: int | None) -> None:
         if code is None:
             return
-        name = self.info.name or self.loaded.path.name
         if not self.codes:
-            raise BadInputError(f"--code {code}: {name} has no categorical code (it was trained "
-                                "without 'train dcgan --codes'); leave --code out")
-        if not 0 <= code < self.codes:
-            raise BadInputError(f"--code {code}: {name}'s code has {self.codes} categories; "
-                                f"pass 0 to {self.codes - 1}")
+            raise BadInputError(
+                f"--code {code}: {self.name} has no categorical code (it was trained "
+                "without 'train dcgan --codes'); leave --code out"
+            )
+        if isinstance(code, bool) or not isinstance(code, (int, np.integer)) or not 0 <= code < self.codes:
+            raise BadInputError(
+                f"--code {code}: {self.name}'s code has {self.codes} categories; pass 0 to {self.codes - 1}"
+            )
+
+    def generate(
+        self,
+        n: int,
+        *,
+        seed: int | None = None,
+        code: int | None = None,
+        batch_size: int = 16,
+        pil: bool = False,
+    ) -> np.ndarray | list[Image.Image]:
+        """n images as one uint8 (n, H, W, C) array, or a list of PIL images with pil=True.
+        The same seed gives the same images, whatever the batch size."""
+        n = check_count(n)
+        seed = fresh_seed() if check_seed(seed) is None else seed
+        assert seed is not None
+        images = np.concatenate(list(self.iter_batches(n, seed, check_batch_size(batch_size), code=code)))
+        if pil:
+            return [Image.fromarray(im[:, :, 0] if im.shape[2] == 1 else im) for im in images]
+        return images
+
+    def grid(
+        self, images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1
+    ) -> np.ndarray:
+        """Tile (N, H, W, C) images into one uint8 image, enlarged `scale` times (nearest)."""
+        return make_grid(images, columns, pad, scale)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """(N, latent) -> (N, H, W, C) uint8 images."""
         values = self.run(np.ascontiguousarray(latents, dtype=np.float32))
-        if self.info.layout == "NCHW":
-            values = values.transpose(0, 2, 3, 1)
-        return to_pixels(values, self.info)
+        if values.ndim != 4:
+            raise ModelError(
+                f"{self.path}: a generator must return an image batch (N, H, W, C) or (N, C, H, W), "
+                f"but it returned shape {list(values.shape)}"
+            )
+        nhwc = self.info.preprocessing.to_nhwc(values)
+        if nhwc.shape[3] not in (1, 3, 4) and values.shape[1] in (1, 3, 4):
+            nhwc = values.transpose(0, 2, 3, 1)  # an NHWC-described graph that returns NCHW
+        if nhwc.shape[3] not in (1, 3, 4):
+            raise ModelError(
+                f"{self.path}: the generator returned shape {list(values.shape)}, which has no "
+                "channel axis of 1, 3 or 4; check --layout"
+            )
+        if not np.isfinite(nhwc).all():
+            nhwc = np.nan_to_num(nhwc, nan=0.0, posinf=0.0, neginf=0.0)
+        return dataclasses.replace(self.info.preprocessing, layout="NHWC").to_pixels(nhwc)
 
-    def generate(
+    def iter_batches(
         self,
         n: int,
         seed: int,
@@ -74,50 +145,15 @@ class Generator(Model):
             return self.decode(item[1])
 
         with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
-            batches = self._latents(n, seed, batch_size, stop, code)
+            batches = self.latents(n, seed, batch_size, stop, code)
             yield from ordered_map(decode, batches, runners, lanes + 1, stop)
 
-    def generate_files(
+    def latents(
         self,
         n: int,
         seed: int,
-        out: Path,
-        name: str,
-        batch_size: int = 16,
-        overwrite: bool = False,
+        batch_size: int,
         stop: threading.Event | None = None,
-        lanes: int = 1,
-        code: int | None = None,
-    ) -> Iterator[GeneratedFile]:
-        """Generate n images into `out` as NAME-sSEED-INDEX.png (NAME-cCODE-sSEED-INDEX.png
-        with a `code`), in order.
-
-        Each of `lanes` threads takes a whole batch: runs the model and writes its PNGs
-        atomically, so writing (often the slow part: creating a file can cost more than
-        making a 32x32 image) overlaps with the other lanes. Existing files are kept unless
-        `overwrite`. When `stop` is set, the batches in flight are finished and yielded.
-        """
-
-        prefix = f"{name}-s{seed}" if code is None else f"{name}-c{code}-s{seed}"
-
-        def make(item: tuple[int, np.ndarray]) -> list[GeneratedFile]:
-            start, latents = item
-            files = []
-            for i, image in enumerate(self.decode(latents), start=start):
-                path = out / f"{prefix}-{i:05d}.png"
-                keep = not overwrite and path.exists()
-                if not keep:
-                    save_image(path, image)
-                files.append(GeneratedFile(path, not keep, image))
-            return files
-
-        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
-            batches = self._latents(n, seed, batch_size, stop, code)
-            for files in ordered_map(make, batches, pool, lanes + 1):
-                yield from files
-
-    def _latents(
-        self, n: int, seed: int, batch_size: int, stop: threading.Event | None,
         code: int | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(index of the first image, latents) per batch, from one seeded stream, so image i
@@ -141,14 +177,25 @@ def with_code(latents: np.ndarray, codes: int, code: int) -> np.ndarray:
     return latents
 
 
-def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile (N, H, W, C) uint8 images into one (rows*H, columns*W, C) image."""
+def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile (N, H, W, C) uint8 images into one (rows*H, columns*W, C) image, `scale`
+    times enlarged; a grid over MAX_GRID_PIXELS is a BadInputError before any allocation."""
     n, height, width, channels = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
+    if not 1 <= scale <= 64 or not 0 <= pad <= 64:
+        raise BadInputError(f"grid scale {scale} / pad {pad}: expected scale 1..64 and pad 0..64")
+    pixels = (rows * (height + pad) + pad) * (columns * (width + pad) + pad) * scale * scale
+    if pixels > MAX_GRID_PIXELS:
+        raise BadInputError(
+            f"--grid: {n} images of {height}x{width} at scale {scale} make {pixels:,} pixels, over "
+            f"{MAX_GRID_PIXELS:,}; lower -n or --grid-scale"
+        )
     grid = np.zeros((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         top, left = pad + r * (height + pad), pad + c * (width + pad)
         grid[top : top + height, left : left + width] = image
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     return grid

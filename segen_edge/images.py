@@ -31,7 +31,7 @@ from .errors import BadInputError, SegenError
 from .metadata import ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
-OUTPUT_SUFFIXES = (".mask.png", ".color.png", ".overlay.png")  # never picked up as inputs
+OUTPUT_SUFFIXES = (".mask.png", ".color.png", ".overlay.png", ".cutout.png", ".binary.png")  # never inputs
 DEFAULT_MAX_PIXELS = 120_000_000
 EXPECTED = "expected PNG, JPEG, BMP, WebP, TIFF or GIF"
 
@@ -299,6 +299,56 @@ def _to_u8(img: Image.Image, channels: int) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     return array
+
+
+# -- what users hold ---------------------------------------------------------------------
+
+def as_image_u8(
+    image: str | os.PathLike[str] | Image.Image | np.ndarray,
+    channels: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """A path, a Pillow image of any mode, or an array -> uint8 (height, width, channels).
+
+    Arrays may be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha composited on black),
+    uint8 or uint16 (scaled by 255 / 65535), or bool (0 / 255). Anything else is a
+    BadInputError that says what arrived and what is expected.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, channels, max_pixels).image_u8
+    if isinstance(image, Image.Image):
+        try:
+            return _to_u8(ImageOps.exif_transpose(image), channels)
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"PIL image ({image.mode}): cannot convert ({exc})") from None
+    if not isinstance(image, np.ndarray):
+        raise BadInputError(
+            f"{type(image).__name__}: not an image; pass a path, a PIL image or a numpy array"
+        )
+    return _array_to_u8(image, channels)
+
+
+def _array_to_u8(array: np.ndarray, channels: int) -> np.ndarray:
+    shape, dtype = array.shape, array.dtype
+    what = f"array of shape {list(shape)} and dtype {dtype}"
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4) or 0 in array.shape:
+        raise BadInputError(f"{what}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    if dtype == np.bool_:
+        array = array.astype(np.uint8) * np.uint8(255)
+    elif dtype == np.uint16:
+        array = (array.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif dtype != np.uint8:
+        raise BadInputError(f"{what}: expected uint8 or uint16 pixels; convert with .astype(np.uint8)")
+    if array.shape[2] == 4:  # composite on black, as decoding does
+        alpha = array[:, :, 3:].astype(np.uint16)
+        array = (array[:, :, :3].astype(np.uint16) * alpha // 255).astype(np.uint8)
+    if channels == 1 and array.shape[2] == 3:
+        return _to_u8(Image.fromarray(np.ascontiguousarray(array)), 1)
+    if channels == 3 and array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
 
 
 # -- model input -------------------------------------------------------------------------

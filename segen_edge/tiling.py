@@ -289,6 +289,34 @@ def iter_upsampled(
         yield r0, band
 
 
+def resize_input(image_u8: np.ndarray, model_size: tuple[int, int], keep_aspect: bool = False) -> tuple[np.ndarray, Box]:
+    """Resize mode's model input: the image squashed (or letterboxed) to model_size, and
+    where the image lies in it."""
+    image = _as_hwc(image_u8)
+    model_size = _check_size(model_size, "model size")
+    if keep_aspect:
+        return letterbox(image, model_size)
+    return resize_u8(image, model_size).reshape(*model_size, image.shape[2]), Box(0, 0, *model_size)
+
+
+def upsample(
+    probs: np.ndarray,
+    box: Box,
+    size: tuple[int, int],
+    *,
+    want_probs: bool = False,
+    band_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Resize mode's result: (K, h, w) probabilities at model size, cropped to `box` and
+    upsampled bilinearly to `size` (H, W) band by band -> ids and, optionally, uint8 probs."""
+    probs = probs[:, box.top : box.top + box.height, box.left : box.left + box.width]
+    size = (int(size[0]), int(size[1]))
+    ids, probs_u8 = _outputs(probs.shape[0], size, want_probs)
+    for row0, band in iter_upsampled(probs, size, band_rows):
+        _emit(band, row0, ids, probs_u8)
+    return ids, probs_u8
+
+
 def segment_resized(
     image_u8: np.ndarray,
     predict: Predict,
@@ -300,19 +328,9 @@ def segment_resized(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Resize mode: one run at model_size, probabilities upsampled to the image's size."""
     image = _as_hwc(image_u8)
-    model_size = _check_size(model_size, "model size")
-    if keep_aspect:
-        model_input, box = letterbox(image, model_size)
-    else:
-        model_input = resize_u8(image, model_size).reshape(*model_size, image.shape[2])
-        box = Box(0, 0, *model_size)
-    probs = _checked(predict(model_input[None]), 1, model_size)[0]
-    probs = probs[:, box.top : box.top + box.height, box.left : box.left + box.width]
-    size = (image.shape[0], image.shape[1])
-    ids, probs_u8 = _outputs(probs.shape[0], size, want_probs)
-    for row0, band in iter_upsampled(probs, size, band_rows):
-        _emit(band, row0, ids, probs_u8)
-    return ids, probs_u8
+    model_input, box = resize_input(image, model_size, keep_aspect)
+    probs = _checked(predict(model_input[None]), 1, model_input.shape[:2])[0]
+    return upsample(probs, box, image.shape[:2], want_probs=want_probs, band_rows=band_rows)
 
 
 # -- native mode -------------------------------------------------------------------------

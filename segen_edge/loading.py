@@ -1,0 +1,369 @@
+"""Typed factories: a bundled name, an ONNX path or the bytes of one -> Segmenter or Generator.
+
+Everything a model needs to be run is settled here, once: the device and precision are
+validated, the file is read (a regular file, never a pipe), its `segen.*` metadata is read,
+and for a file made by another tool the graph itself says what it can (task, layout,
+channels, fixed sizes, whether it ends in logits, probabilities or class ids); the caller's
+overrides fill in or replace the rest. The runtime chooses its path by task, never by
+architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import zoo
+from .errors import BadInputError, MetadataError, ModelError
+from .generate import Generator
+from .graph import GraphSummary, infer_description, read_model_bytes, summarize
+from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
+from .model import Model
+from .pipeline import cpu_count
+from .segment import Segmenter
+from .session import Device, LoadedSession, create_session, cuda_available, openvino_devices
+
+log = logging.getLogger("segen_edge")
+
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8", "bf16")
+Source = str | os.PathLike[str] | bytes
+
+# What `overrides` may describe (the same names as the CLI's description flags).
+OVERRIDE_KEYS = (
+    "task",
+    "image_size",
+    "layout",
+    "channels",
+    "pixel_scale",
+    "pixel_offset",
+    "mean",
+    "std",
+    "class_names",
+    "palette",
+    "latent_size",
+    "output",
+    "mode",
+    "tile_size",
+    "overlap",
+    "keep_aspect",
+    "stride",
+    "name",
+)
+
+
+def load(
+    source: Source | None = None,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+    task: str | None = None,
+    **overrides: Any,
+) -> Segmenter | Generator:
+    """Load a model: a Segmenter or a Generator, by the model's task.
+
+    `source` is a bundled name (`segen-edge models`), a path to an ONNX file, or its bytes;
+    None loads the default model of `task`. `overrides` describe a file without segen
+    metadata, or replace what it says: image_size=(h, w), layout="NCHW", mean=(...),
+    std=(...) or pixel_scale/pixel_offset, class_names=[...], palette=[...],
+    latent_size=..., output="logits"|"probs"|"ids", mode="resize"|"tile"|"native", ...
+
+    >>> import segen_edge
+    >>> with segen_edge.load("unet-pets") as model:
+    ...     print(type(model).__name__, model.info.class_names)
+    Segmenter ('pet', 'background', 'border')
+    """
+    device_ = _device(device)
+    precision = _precision(precision)
+    threads = check_threads(threads)
+    unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise TypeError(
+            f"load() got unknown description {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
+        )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data, label = _read(source, task, precision, device_)
+    graph = summarize(data, label)
+    info = describe(graph, given, label)
+    if task is not None and info.task != task:
+        verb = "generate" if info.task == "generate" else "segment"
+        raise ModelError(
+            f"{label}: is a {info.task} model ({info.arch}), not a {task} model; "
+            f"use 'segen-edge {verb}' (segen_edge.load_{'generator' if verb == 'generate' else 'segmenter'})"
+            f" with it, or pick a {task} model (segen-edge models)"
+        )
+    if precision not in ("auto", "bf16") and precision != info.precision:
+        raise ModelError(
+            f"{label}: asked for precision {precision} but the file holds a {info.precision} model"
+        )
+    loaded = create_session(data if isinstance(source, bytes) else Path(label), device_, threads=threads)
+    info = _complete(loaded, info, given, label)
+    _check_io(loaded, info, label)
+    if info.precision == "int8" and loaded.provider == "cuda":
+        log.warning(
+            "%s is int8 and onnxruntime's CUDA provider has few int8 kernels; "
+            "use precision fp16 or fp32 on a GPU",
+            label,
+        )
+    model: Model = Segmenter(loaded, info) if info.task == "segment" else Generator(loaded, info)
+    return model  # type: ignore[return-value]
+
+
+def load_segmenter(source: Source | None = None, **kwargs: Any) -> Segmenter:
+    """load() for a segmentation model; a generator is a ModelError that says so.
+
+    >>> seg = segen_edge.load_segmenter("unet-pets", precision="fp32")
+    """
+    model = load(source, task="segment", **kwargs)
+    assert isinstance(model, Segmenter)  # load() checked the task
+    return model
+
+
+def load_generator(source: Source | None = None, **kwargs: Any) -> Generator:
+    """load() for a generative model; a segmenter is a ModelError that says so.
+
+    >>> gen = segen_edge.load_generator("dcgan-mnist")
+    """
+    model = load(source, task="generate", **kwargs)
+    assert isinstance(model, Generator)
+    return model
+
+
+# -- checks made once ------------------------------------------------------------------------
+
+
+def _device(device: str | Device) -> Device:
+    try:
+        return Device(device)
+    except ValueError:
+        choices = ", ".join(d.value for d in Device)
+        raise BadInputError(f"device {device!r}: expected one of {choices}") from None
+
+
+def _precision(precision: str) -> str:
+    if precision not in PRECISION_CHOICES:
+        raise BadInputError(f"precision {precision!r}: expected one of {', '.join(PRECISION_CHOICES)}")
+    return precision
+
+
+def max_threads() -> int:
+    return 4 * cpu_count()
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (onnxruntime's default) or 1..4x the cores; more only makes a run slower."""
+    if threads is None:
+        return None
+    limit = max_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise BadInputError(
+            f"--threads {threads}: expected 1 to {limit} (this machine has {cpu_count()} cores)"
+        )
+    return threads
+
+
+def probe_provider(device: Device) -> str:
+    """The provider `device` will most likely get, to pick a precision before loading."""
+    if device is Device.auto:
+        if cuda_available():
+            return "cuda"
+        return "openvino" if openvino_devices() else "cpu"
+    return device.value
+
+
+def _read(source: Source | None, task: str | None, precision: str, device: Device) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), "<bytes>"
+    ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
+    file_precision = "auto" if precision == "bf16" else precision
+    _, path = ref.pick(file_precision, probe_provider(device))
+    return read_model_bytes(path), str(path)
+
+
+# -- describing the model ----------------------------------------------------------------
+
+
+def describe(graph: GraphSummary, overrides: Mapping[str, Any], label: str) -> ModelInfo:
+    """ModelInfo from the file's segen metadata, else from what its graph states, with
+    `overrides` on top; a bare file's missing essentials are named with the flag to pass."""
+    props = graph.metadata
+    inferred = infer_description(graph)
+    if any(k.startswith(PREFIX) for k in props):
+        data = ModelInfo.from_props(props, source=label).to_dict()
+    else:
+        data = _bare(inferred, overrides, label, Path(label).stem if label != "<bytes>" else "model")
+    data.update(_normalise(overrides, label))
+    if "classes" in inferred and "class_names" not in overrides and data.get("task") == "segment":
+        _check_class_count(data, inferred["classes"], label)
+    try:
+        return ModelInfo.from_dict(data, source=label)
+    except MetadataError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise MetadataError(f"{label}: {exc}") from None
+
+
+def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str, stem: str) -> dict[str, Any]:
+    """Defaults for a file without segen metadata, from its graph, logged as assumptions."""
+    task = overrides.get("task") or inferred.get("task")
+    if task not in ("segment", "generate"):
+        raise MetadataError(
+            f"{label}: no segen.* metadata, and its input is not an image batch (rank 4) or a "
+            "latent batch (rank 2); describe it with --task and --image-size (see segen-edge info)"
+        )
+    data: dict[str, Any] = {
+        "task": task,
+        "arch": "custom",
+        "name": stem,
+        "precision": inferred.get("precision", "fp32"),
+    }
+    for key in ("layout", "channels", "image_size", "latent_size", "output"):
+        if key in inferred:
+            data[key] = inferred[key]
+    assumed = []
+    if task == "segment":
+        if "image_size" not in inferred and "image_size" not in overrides:
+            if overrides.get("mode") == "native":
+                data["image_size"] = (256, 256)  # only a sample size for bench; native runs at any
+            else:
+                raise MetadataError(
+                    f"{label}: no segen.* metadata and its height and width are dynamic; pass "
+                    "--image-size HEIGHT WIDTH (the size it was trained at), or --mode native"
+                )
+        if "layout" not in inferred and "layout" not in overrides:
+            raise MetadataError(
+                f"{label}: no segen.* metadata and the input shape does not say where the "
+                "channels are; pass --layout NCHW or --layout NHWC"
+            )
+        if "class_names" not in overrides:
+            count = inferred.get("classes")
+            if count is None:
+                data["class_names"] = ()  # filled in from a probe run once the session exists
+            else:
+                data["class_names"] = tuple(f"class{i}" for i in range(count))
+                assumed.append(f"classes {', '.join(data['class_names'])}")
+    else:
+        if "latent_size" not in inferred and "latent_size" not in overrides:
+            raise MetadataError(
+                f"{label}: no segen.* metadata and a dynamic latent size; pass --latent-size N"
+            )
+        if "image_size" not in overrides:
+            data["image_size"] = (1, 1)  # a generator's size is whatever it makes
+        data["pixel_scale"], data["pixel_offset"] = 1 / 127.5, -1.0  # tanh outputs, as DCGANs end
+        if not {"pixel_scale", "mean"} & set(overrides):
+            assumed.append("outputs in [-1, 1] (tanh)")
+    if task == "segment" and not {"pixel_scale", "pixel_offset", "mean", "std"} & set(overrides):
+        assumed.append("pixels scaled to [0, 1]")
+    if assumed:
+        log.warning(
+            "%s: no segen metadata; assumed %s. Pass --mean/--std (or --pixel-scale/--pixel-offset) "
+            "and --class-names if these are wrong",
+            label,
+            "; ".join(assumed),
+        )
+    return data
+
+
+def _normalise(overrides: Mapping[str, Any], label: str) -> dict[str, Any]:
+    """Overrides as ModelInfo values: sequences to tuples, checked choices, a palette."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key in ("image_size", "tile_size", "mean", "std") and value is not None:
+            value = tuple(value)
+        if key == "class_names":
+            value = tuple(str(v) for v in value)
+            if "palette" not in overrides:
+                from .masks import default_palette
+
+                out["palette"] = default_palette(len(value))
+        if key == "palette":
+            value = tuple(tuple(int(c) for c in colour) for colour in value)
+        if key == "layout":
+            value = str(value).upper()
+            if value not in LAYOUTS:
+                raise BadInputError(f"--layout {value}: expected NCHW or NHWC")
+        if key == "mode" and value not in MODES:
+            raise BadInputError(f"--mode {value}: expected one of {', '.join(MODES)}")
+        if key == "output" and value not in OUTPUTS:
+            raise BadInputError(f"--output-kind {value}: expected one of {', '.join(OUTPUTS)}")
+        out[key] = value
+    if "mean" in out or "std" in out:
+        if "mean" not in out or "std" not in out:
+            raise BadInputError(
+                "--mean and --std go together; pass both (e.g. 0.485,0.456,0.406 and 0.229,0.224,0.225)"
+            )
+        out.setdefault("channels", len(out["mean"]))
+    return out
+
+
+def _check_class_count(data: Mapping[str, Any], classes: int, label: str) -> None:
+    names = data.get("class_names") or ()
+    if names and len(names) != classes:
+        raise ModelError(
+            f"{label}: the model outputs {classes} classes but its metadata names {len(names)} "
+            f"({', '.join(names)}); give one name per class (--class-names)"
+        )
+
+
+def _complete(loaded: LoadedSession, info: ModelInfo, overrides: Mapping[str, Any], label: str) -> ModelInfo:
+    """Facts only a run can tell: a bare segmenter's class count when its graph leaves it
+    dynamic (one run on a blank image)."""
+    if info.task != "segment" or info.class_names:
+        return info
+    shape = (
+        (1, info.channels, *info.image_size)
+        if info.layout == "NCHW"
+        else (1, *info.image_size, info.channels)
+    )
+    try:
+        out = loaded.session.run([loaded.output_name], {loaded.input_name: np.zeros(shape, np.float32)})[0]
+    except Exception as exc:
+        raise ModelError(
+            f"{label}: could not run the model on a blank {list(shape)} input ({str(exc)[:160]})"
+        ) from None
+    if info.output == "ids" or out.ndim != 4:
+        raise MetadataError(f"{label}: the model returns class ids; pass --class-names (one per class)")
+    count = int(out.shape[1] if info.layout == "NCHW" else out.shape[3])
+    names = tuple(f"class{i}" for i in range(count))
+    log.warning("%s: no class names; assumed %s (pass --class-names)", label, ", ".join(names))
+    from .masks import default_palette
+
+    return info.replace(class_names=names, palette=default_palette(count))
+
+
+def _check_io(loaded: LoadedSession, info: ModelInfo, label: str) -> None:
+    """The graph's input must fit what the description says to feed it (rank and static dims)."""
+    shape = list(loaded.session.get_inputs()[0].shape)
+    if info.task == "generate":
+        want = {"latent": info.latent_size}
+        axes: tuple[str, ...] = ("latent",)
+        fix = "fix segen.latent_size, or pass --latent-size"
+    else:
+        want = {"height": info.height, "width": info.width, "channels": info.channels}
+        nchw = info.layout == "NCHW"
+        axes = ("channels", "height", "width") if nchw else ("height", "width", "channels")
+        fix = "pass --image-size, --layout or --channels to match the graph"
+    if len(shape) != len(axes) + 1:
+        expected = "(batch, " + ", ".join(axes) + ")"
+        raise ModelError(f"{label}: input has shape {shape} but a {info.task} model takes {expected}")
+    got = dict(zip(axes, shape[1:], strict=True))
+    wrong = [k for k, v in got.items() if isinstance(v, int) and v > 0 and v != want[k]]
+    if wrong:
+        says = ", ".join(f"{k} {want[k]}" for k in wrong)
+        raise ModelError(
+            f"{label}: the graph takes input {shape} ({info.layout}) but its description says {says}; {fix}"
+        )
+    if (
+        info.task == "segment"
+        and info.mode == "native"
+        and all(isinstance(v, int) and v > 0 for k, v in got.items() if k in ("height", "width"))
+    ):
+        raise ModelError(
+            f"{label}: mode native needs a graph with dynamic height and width, but it takes {shape}; "
+            "use --mode tile (windows of its size) or --mode resize"
+        )
