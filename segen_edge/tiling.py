@@ -52,7 +52,7 @@ MAX_TILE_SIDE = 8192  # larger windows are a typo: a batch of them would not fit
 MAX_BATCH = 1024
 LETTERBOX_FILL = 0  # the grey level of letterbox bars (training must pad the same way)
 GAUSSIAN_SIGMA = 1.0 / 8.0  # of the tile side, as nnU-Net and MONAI
-_BAND_FLOATS = 1 << 22  # resize/native: about 16 MB of float32 per band of output rows
+_BAND_FLOATS = 1 << 20  # resize/native: about 4 MB of float32 per band of output rows
 
 
 # -- model outputs -> probabilities ------------------------------------------------------
@@ -286,10 +286,14 @@ def iter_upsampled(
         below = horiz[:, y1[r0:r1] - lo]
         below *= wy[r0:r1, None]
         band += below
+        del horiz, below  # only the band stays alive while the caller uses it
         yield r0, band
+        del band
 
 
-def resize_input(image_u8: np.ndarray, model_size: tuple[int, int], keep_aspect: bool = False) -> tuple[np.ndarray, Box]:
+def resize_input(
+    image_u8: np.ndarray, model_size: tuple[int, int], keep_aspect: bool = False
+) -> tuple[np.ndarray, Box]:
     """Resize mode's model input: the image squashed (or letterboxed) to model_size, and
     where the image lies in it."""
     image = _as_hwc(image_u8)
@@ -314,6 +318,7 @@ def upsample(
     ids, probs_u8 = _outputs(probs.shape[0], size, want_probs)
     for row0, band in iter_upsampled(probs, size, band_rows):
         _emit(band, row0, ids, probs_u8)
+        del band  # before the next band is made
     return ids, probs_u8
 
 
