@@ -1,5 +1,6 @@
-"""Calibration data for int8: real images decoded and preprocessed exactly as the runtime does
-(segen_edge.images.load_image + preprocess), or seeded latent vectors for a generator."""
+"""Calibration data for int8: real images decoded and resized exactly as the runtime does
+(segen_edge.images.load_image + resize_u8, then ModelInfo.preprocessing), or seeded latent
+vectors for a generator."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import find_images, load_image, preprocess
+from segen_edge.images import find_images, load_image, resize_u8
 from segen_edge.masks import find_pairs
 from segen_edge.metadata import ModelInfo
 
 from .errors import CalibrationError
-from .inference import to_model_layout
+from .measure import feed
 
 DEFAULT_COUNT = 100
 METHODS = ("minmax", "entropy", "percentile")
@@ -61,7 +62,8 @@ def calibration_paths(
 
 
 def load_calibration(paths: list[Path], info: ModelInfo) -> np.ndarray:
-    """Decode and preprocess images into an (N, H, W, C) float32 batch, as inference does."""
+    """Decode images and resize them to the model's size: an (N, H, W, C) uint8 batch
+    (the runtime's preprocessing turns it into model input)."""
     samples = []
     for path in paths:
         try:
@@ -70,7 +72,7 @@ def load_calibration(paths: list[Path], info: ModelInfo) -> np.ndarray:
             raise CalibrationError(
                 f"calibration image {exc}; remove the file or give another --calib folder"
             ) from None
-        samples.append(preprocess(image_u8, info))
+        samples.append(resize_u8(image_u8, info.image_size))
     return np.stack(samples)
 
 
@@ -81,11 +83,9 @@ def latent_samples(info: ModelInfo, count: int, seed: int = 0) -> np.ndarray:
 
 
 class ArrayReader(CalibrationDataReader):
-    """Feeds NHWC samples (or latents), one batch at a time, in the model's layout."""
+    """Feeds uint8 NHWC samples (or latents), one batch at a time, as the model's input."""
 
-    def __init__(
-        self, input_name: str, samples: np.ndarray, info: ModelInfo, batch_size: int = 1
-    ) -> None:
+    def __init__(self, input_name: str, samples: np.ndarray, info: ModelInfo, batch_size: int = 1) -> None:
         self.input_name = input_name
         self.samples = samples
         self.info = info
@@ -99,7 +99,7 @@ class ArrayReader(CalibrationDataReader):
         stop = min(self._next + self.batch_size, self._end)
         batch = self.samples[self._next : stop]
         self._next = stop
-        return {self.input_name: to_model_layout(batch, self.info)}
+        return {self.input_name: feed(batch, self.info)}
 
     def rewind(self) -> None:
         self._next, self._end = 0, len(self.samples)

@@ -23,7 +23,7 @@ from segen_edge.errors import ModelError
 from segen_edge.metadata import ModelInfo
 
 from .errors import VerificationError
-from .inference import make_session, run
+from .measure import keras_feed, raw_outputs, runtime_model
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -72,9 +72,7 @@ def convert(model: Any, info: ModelInfo, layout: str = "NCHW", dynamic_size: boo
         inputs_as_nchw=[in_name] if nchw and info.task == "segment" else None,
         outputs_as_nchw=[out_name] if nchw else None,
     )
-    if [i.name for i in proto.graph.input] != [in_name] or [
-        o.name for o in proto.graph.output
-    ] != [out_name]:
+    if [i.name for i in proto.graph.input] != [in_name] or [o.name for o in proto.graph.output] != [out_name]:
         raise ModelError(
             f"{info.name}: expected a model with one input and one output, got inputs "
             f"{[i.name for i in proto.graph.input]} and outputs "
@@ -119,9 +117,9 @@ def probe_size(info: ModelInfo) -> tuple[int, int]:
 def accepts_other_sizes(proto: Any, info: ModelInfo) -> bool:
     """Whether the ONNX segmenter maps an image of another size to logits of that size."""
     height, width = probe_size(info)
-    zeros = np.zeros((1, height, width, info.channels), dtype=np.float32)
+    zeros = np.zeros((1, height, width, info.channels), dtype=np.uint8)
     try:
-        out = run(make_session(proto), zeros, info)
+        out = raw_outputs(runtime_model(proto, info.replace(image_size=(height, width))), zeros)
     except Exception:  # onnxruntime rejects the shape: the network is not size-agnostic
         return False
     return out.shape[1:3] == (height, width) and bool(np.isfinite(out).all())
@@ -138,10 +136,11 @@ def keras_predict(model: Any, inputs: np.ndarray, batch_size: int = 8) -> np.nda
 def verify(
     model: Any, proto: Any, inputs: np.ndarray, info: ModelInfo, tolerance: float = TOLERANCE
 ) -> float:
-    """Run Keras and onnxruntime on the same real inputs (NHWC images or latents); return the
-    largest absolute difference, or raise VerificationError when it exceeds `tolerance`."""
-    expected = keras_predict(model, inputs)
-    actual = run(make_session(proto), inputs, info)
+    """Run Keras and the runtime on the same real inputs (uint8 images at model size, or
+    latents); return the largest absolute difference, or raise VerificationError when it
+    exceeds `tolerance`."""
+    expected = keras_predict(model, keras_feed(inputs, info))
+    actual = raw_outputs(runtime_model(proto, info), inputs)
     what = "images" if info.task == "segment" else "latent vectors"
     if actual.shape != expected.shape:
         raise VerificationError(

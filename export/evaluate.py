@@ -10,7 +10,6 @@ seeded latents, and the training run's quality score.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,12 @@ from typing import Any
 import numpy as np
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import load_image, preprocess, resize_u8, to_pixels
+from segen_edge.images import load_image, resize_u8
 from segen_edge.masks import find_pairs, load_mask
 from segen_edge.metadata import ModelInfo
-from segen_edge.metrics import ConfusionMatrix
+from segen_edge.metrics import score_masks
 
 from .errors import ExportError
-from .inference import make_session, to_model_layout
 from .run import Run
 
 EVAL_SEED = 1  # generator evaluation latents (calibration uses seed 0)
@@ -36,7 +34,7 @@ class HeldOut:
     """Preprocessed held-out inputs and what to compare outputs with."""
 
     stems: list[str]
-    inputs: np.ndarray  # (N, H, W, C) preprocessed images, or (N, latent) latents
+    inputs: np.ndarray  # (N, H, W, C) uint8 images at the model's size, or (N, latent) latents
     masks: list[np.ndarray]  # ground truth at each mask file's own size (segmenters)
     note: str = ""
     paths: list[Path] = field(default_factory=list)  # all held-out image files (segmenters)
@@ -80,30 +78,31 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
         for pair in chosen:
             if pair.mask is None:
                 raise BadInputError(f"{pair.image}: no mask found for this held-out image")
-            inputs.append(preprocess(load_image(pair.image, info.channels).image_u8, info))
+            inputs.append(model_sized(load_image(pair.image, info.channels).image_u8, info))
             masks.append(load_mask(pair.mask, encoding))
     except BadInputError as exc:
         raise ExportError(f"held-out data: {exc}") from None
-    return HeldOut(
-        [p.stem for p in chosen], np.stack(inputs), masks, note, held_paths
-    )
+    return HeldOut([p.stem for p in chosen], np.stack(inputs), masks, note, held_paths)
 
 
-def class_maps(logits: np.ndarray) -> np.ndarray:
-    return np.argmax(logits, axis=-1).astype(np.uint8)
+def model_sized(image_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """A decoded image resized to the model's input size, as the runtime resizes it."""
+    return resize_u8(image_u8, info.image_size)
 
 
 def segment_metrics(
-    logits: np.ndarray, held: HeldOut, info: ModelInfo, reference: np.ndarray | None = None
+    labels: np.ndarray, held: HeldOut, info: ModelInfo, reference: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """mIoU etc. against ground truth; `agreement` with `reference` class maps when given."""
-    labels = class_maps(logits)
-    matrix = ConfusionMatrix(len(info.class_names))
-    for label, mask in zip(labels, held.masks, strict=True):
-        matrix.update(mask, resize_u8(label, mask.shape, nearest=True))
+    """mIoU etc. of (N, H, W) class ids at model size against ground truth (each map resized
+    to its mask's size by nearest neighbour); `agreement` with `reference` ids when given."""
+    pairs = (
+        (mask, resize_u8(label, mask.shape, nearest=True))
+        for label, mask in zip(labels, held.masks, strict=True)
+    )
+    scores = score_masks(pairs, len(info.class_names))
     out: dict[str, Any] = {
-        "miou": round(matrix.miou(), 5),
-        "pixel_accuracy": round(matrix.pixel_accuracy(), 5),
+        "miou": round(float(scores["miou"] or 0.0), 5),
+        "pixel_accuracy": round(float(scores["pixel_accuracy"] or 0.0), 5),
     }
     if reference is not None:
         out["agreement"] = round(float(np.mean(labels == reference)), 5)
@@ -111,18 +110,18 @@ def segment_metrics(
 
 
 def generator_metrics(
-    values: np.ndarray,
-    info: ModelInfo,
+    images_u8: np.ndarray,
     reference_u8: np.ndarray | None,
     run: Run | None,
 ) -> dict[str, Any]:
-    """Mean absolute difference from fp32 (in 0..255 pixel levels) and, given the run, the
-    training's quality score."""
-    images_u8 = to_pixels(values, info)
+    """Mean absolute difference from fp32's images (in 0..255 pixel levels), PSNR, and,
+    given the run, the training's quality score."""
     out: dict[str, Any] = {}
     if reference_u8 is not None:
-        diff = np.abs(images_u8.astype(np.int16) - reference_u8.astype(np.int16))
-        out["mean_abs_diff"] = round(float(diff.mean()), 4)
+        diff = images_u8.astype(np.float64) - reference_u8.astype(np.float64)
+        out["mean_abs_diff"] = round(float(np.abs(diff).mean()), 4)
+        mse = float(np.mean(diff**2))
+        out["psnr_db"] = round(10 * np.log10(255.0**2 / mse), 2) if mse > 0 else None
     quality = quality_score(run, images_u8) if run is not None else None
     if quality is not None:
         out["quality"] = quality
@@ -159,33 +158,3 @@ def quality_score(run: Run, images_u8: np.ndarray) -> dict[str, Any] | None:
     if scorer is None:
         return None
     return dict(scorer.score(images_u8))
-
-
-def measure_latency(
-    models: dict[str, Any],
-    sample: np.ndarray,
-    info: ModelInfo,
-    runs: int = 30,
-    warmup: int = 3,
-    threads: int = 1,
-) -> dict[str, float]:
-    """Median milliseconds per call of each model on `sample` (NHWC, one batch).
-
-    The models take turns call by call, so a machine whose load changes (other jobs on a
-    shared CPU) slows them all alike and the comparison stays fair.
-    """
-    sessions = {key: make_session(model, threads) for key, model in models.items()}
-    feeds = {
-        key: {s.get_inputs()[0].name: to_model_layout(sample, info)} for key, s in sessions.items()
-    }
-    for _ in range(warmup):
-        for key, session in sessions.items():
-            session.run(None, feeds[key])
-    times: dict[str, list[float]] = {key: [] for key in sessions}
-    keys = list(sessions)
-    for i in range(runs):
-        for key in keys[i % len(keys) :] + keys[: i % len(keys)]:
-            start = time.perf_counter()
-            sessions[key].run(None, feeds[key])
-            times[key].append(time.perf_counter() - start)
-    return {key: round(float(np.median(t)) * 1e3, 3) for key, t in times.items()}

@@ -19,21 +19,21 @@ from typing import Any
 import numpy as np
 
 from segen_edge import __version__
-from segen_edge.images import atomic_write, to_pixels
+from segen_edge.images import atomic_write
 from segen_edge.metadata import PRECISIONS, ModelInfo, stamp_onnx
+from segen_edge.session import has_vnni
 
-from .calibrate import ArrayReader, calibration_paths, latent_samples, load_calibration
+from .calibrate import (
+    METHODS,
+    ArrayReader,
+    calibration_paths,
+    latent_samples,
+    load_calibration,
+)
 from .convert import TOLERANCE, accepts_other_sizes, convert, load_keras, verify
 from .errors import ExportError
-from .evaluate import (
-    HeldOut,
-    class_maps,
-    generator_metrics,
-    load_held_out,
-    measure_latency,
-    segment_metrics,
-)
-from .inference import make_session, run
+from .evaluate import HeldOut, generator_metrics, load_held_out, segment_metrics
+from .measure import BF16, bf16_here, latency, predictions, providers_here, raw_outputs, runtime_model
 from .quantize import (
     Int8Quantizer,
     Int8Result,
@@ -47,6 +47,8 @@ from .run import load_run
 
 SENSITIVITY_SAMPLES = 16
 CALIBRATION_SEED = 0
+LATENCY_BATCH = 8
+OV_INT8 = "int8.openvino"  # the int8 file made for OpenVINO: <name>-int8.openvino.onnx
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class ExportOptions:
     calib_method: str = "minmax"
     out_dir: Path | None = None  # None: RUN_DIR/onnx
     max_drop: float = 0.01
-    reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
+    reduce_range: bool | None = None  # 7-bit weights; None: where the CPU has no VNNI
     speed_search: bool = True  # leave high-resolution layers in float where int8 is slower
     name: str | None = None
     layout: str = "NCHW"
@@ -106,6 +108,8 @@ class ExportReport:
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     within_budget: bool = True
     latency: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, Any] = field(default_factory=dict)  # per provider: precision rows
+    openvino_int8: dict[str, Any] = field(default_factory=dict)
     command: str = ""
     report_path: Path | None = None
 
@@ -118,9 +122,7 @@ class ExportReport:
             "verified_max_abs_diff": self.verify_max_diff,
             "held_out": self.held_out,
             "precisions": {
-                r.precision: {
-                    k: v for k, v in r.to_json().items() if k not in ("precision", "file")
-                }
+                r.precision: {k: v for k, v in r.to_json().items() if k not in ("precision", "file")}
                 for r in self.rows
             },
             "latency": self.latency,
@@ -131,6 +133,8 @@ class ExportReport:
             "float_for_speed_layers": [self.layers.get(n, n) for n in self.speed_nodes],
             "speed_search_ms": self.speed_timings,
             "within_budget": self.within_budget,
+            "providers": self.providers,
+            "openvino_int8": self.openvino_int8,
             "command": self.command,
         }
 
@@ -140,9 +144,7 @@ class ExportReport:
             "task": self.task,
             **self.card(),
             "precisions": [r.to_json() for r in self.rows],
-            "sensitivity": [
-                [n, self.layers.get(n, n), round(s, 6)] for n, s in self.sensitivity[:20]
-            ],
+            "sensitivity": [[n, self.layers.get(n, n), round(s, 6)] for n, s in self.sensitivity[:20]],
         }
 
     def table(self) -> str:
@@ -151,8 +153,11 @@ class ExportReport:
         if self.task == "segment":
             quality_cols = [("mIoU", "miou"), ("agree", "agreement")]
         else:
-            quality_cols = [("MAD", "mean_abs_diff"), ("FD", "quality.frechet_distance"),
-                            ("confident", "quality.confident_fraction")]
+            quality_cols = [
+                ("MAD", "mean_abs_diff"),
+                ("FD", "quality.frechet_distance"),
+                ("confident", "quality.confident_fraction"),
+            ]
         head = ["precision", "size MB", "vs fp32"] + [c for c, _ in quality_cols]
         head += ["ms/img", "speedup", "file"]
         lines = [head]
@@ -172,10 +177,7 @@ class ExportReport:
             f"{'dynamic' if self.dynamic_size else 'fixed'} size; ONNX vs Keras max |diff| "
             f"{self.verify_max_diff:.2g}; evaluated on {self.held_out}"
         ]
-        text += [
-            "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True))
-            for line in lines
-        ]
+        text += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
         if self.calibration:
             cal = self.calibration
             text.append(
@@ -186,6 +188,21 @@ class ExportReport:
                 f"{', '.join(self.layers.get(n, n) for n in self.excluded_nodes) or 'none'}"
                 + ("" if self.within_budget else " (STILL OVER --max-drop)")
             )
+        for provider, entry in self.providers.items():
+            rows = entry.get("precisions", {})
+            if not rows:
+                text.append(f"{provider}: not measured ({entry.get('note', '')})")
+                continue
+            cells = []
+            for precision, row in rows.items():
+                ms = row["latency_ms"]
+                quality = row["metrics"].get("agreement", row["metrics"].get("mean_abs_diff"))
+                flag = "" if row["within_budget"] else " OVER BUDGET"
+                cells.append(
+                    f"{precision} {ms.get('1', 0):.2f}/{ms.get(str(LATENCY_BATCH), 0):.2f} ms "
+                    f"({_fmt(quality)}){flag}"
+                )
+            text.append(f"{provider} (batch 1/{LATENCY_BATCH}, agreement or |px diff|): " + "; ".join(cells))
         if self.latency:
             text.append(
                 f"latency: onnxruntime CPU, batch {self.latency['batch']}, "
@@ -213,10 +230,7 @@ def exporter_version() -> str:
     import onnxruntime
     import tf2onnx
 
-    return (
-        f"segen-edge {__version__} "
-        f"(tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__})"
-    )
+    return f"segen-edge {__version__} (tf2onnx {tf2onnx.__version__}, onnxruntime {onnxruntime.__version__})"
 
 
 def cpu_description() -> str:
@@ -225,17 +239,16 @@ def cpu_description() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                 if ln.startswith("model name")), platform.machine())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                      if ln.startswith("flags")), []))
+    name = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
+        platform.machine(),
+    )
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     return f"{name} ({', '.join(simd) or 'no AVX2'}; {os.cpu_count()} cores)"
 
 
-def export_run(
-    options: ExportOptions, progress: Callable[[str], None] = lambda _: None
-) -> ExportReport:
+def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda _: None) -> ExportReport:
     """Run the whole export; raise a SegenError (one clear line) when something is wrong."""
     bad = [p for p in options.precisions if p not in PRECISIONS]
     if bad or not options.precisions:
@@ -246,13 +259,17 @@ def export_run(
     run_info = load_run(options.run_dir)
     name = options.name or run_info.name
     out_dir = options.out_dir or run_info.path / "onnx"
+    providers = providers_here()
     targets = {p: out_dir / f"{name}-{p}.onnx" for p in options.precisions}
+    if "int8" in options.precisions and "openvino" in providers:
+        targets[OV_INT8] = out_dir / f"{name}-{OV_INT8}.onnx"
     report_path = out_dir / f"{name}-export.json"
     existing = [p for p in [*targets.values(), report_path] if p.exists()]
     if existing and not options.overwrite:
         raise ExportError(f"{existing[0]}: already exists; pass --overwrite to replace it")
     info = run_info.info.replace(name=name, layout=options.layout)
     segment = info.task == "segment"
+    reduce_range = not has_vnni() if options.reduce_range is None else options.reduce_range
 
     # Everything that reads user data first, so a bad folder fails in seconds.
     held = load_held_out(run_info, options.eval_limit)
@@ -260,7 +277,7 @@ def export_run(
     calib: np.ndarray | None = None
     calibration: dict[str, Any] = {}
     if "int8" in options.precisions:
-        calib, calibration = _calibration_data(options, run_info.card, info, held)
+        calib, calibration = _calibration_data(options, run_info.card, info, held, reduce_range)
         progress(f"calibration: {calibration['count']} {calibration['kind']}")
 
     progress(f"loading {run_info.model_path}")
@@ -275,19 +292,24 @@ def export_run(
     del keras_model
 
     report = ExportReport(
-        name, info.task, options.layout, dynamic, diff, held.note,
-        calibration=calibration, command=options.command,
+        name,
+        info.task,
+        options.layout,
+        dynamic,
+        diff,
+        held.note,
+        calibration=calibration,
+        command=options.command,
     )
-    reference = run(make_session(proto), held.inputs, info)
-    reference_labels = class_maps(reference) if segment else None
-    fp32_u8 = None if segment else to_pixels(reference, info)
+    reference = predictions(runtime_model(proto, info), held.inputs)
 
-    def measure(model: Any, full: bool = True) -> dict[str, Any]:
-        """Held-out figures; `full=False` skips the (slow) GAN quality score."""
-        outputs = run(make_session(model), held.inputs, info)
+    def measure(model: Any, full: bool = True, provider: str = "cpu", bf16: bool = False) -> dict[str, Any]:
+        """Held-out figures through the runtime on `provider`; `full=False` skips the
+        (slow) GAN quality score."""
+        got = predictions(runtime_model(model, info, provider, bf16=bf16), held.inputs)
         if segment:
-            return segment_metrics(outputs, held, info, reference_labels)
-        return generator_metrics(outputs, info, fp32_u8, run_info if full else None)
+            return segment_metrics(got, held, info, reference)
+        return generator_metrics(got, reference, run_info if full else None)
 
     models: dict[str, Any] = {"fp32": proto}
     metrics: dict[str, dict[str, Any]] = {"fp32": measure(proto)}
@@ -296,9 +318,15 @@ def export_run(
         models["fp16"] = to_fp16(proto)
         metrics["fp16"] = measure(models["fp16"])
         progress(f"fp16: {metrics['fp16']}")
+
+    def drop(got: dict[str, Any]) -> float:
+        if segment:
+            return float(metrics["fp32"]["miou"]) - float(got["miou"])
+        return float(got["mean_abs_diff"]) / 255.0  # fraction of the pixel range
+
     if calib is not None:
         result, speed, report.layers = _int8(
-            proto, calib, info, options, metrics["fp32"], measure, progress
+            proto, calib, info, options, reduce_range, measure, drop, progress
         )
         if speed is not None:
             report.speed_nodes, report.speed_timings = speed.exclude, speed.timings_ms
@@ -307,19 +335,46 @@ def export_run(
         report.excluded_nodes = result.excluded
         report.sensitivity = result.sensitivity
         report.within_budget = result.within_budget
+        calibration.update(method=result.method, methods_tried=result.methods_tried)
+        if not result.within_budget:
+            progress(f"int8: OVER BUDGET: drop {result.drop:.4f} > --max-drop {options.max_drop}")
         progress(f"int8: {metrics['int8']}")
+        if OV_INT8 in targets:
+            progress("int8 for OpenVINO: symmetric, per channel, full 8-bit weights")
+            ov_result = _int8_openvino(proto, calib, info, options, measure, drop, progress)
+            models[OV_INT8] = ov_result.model
+            report.openvino_int8 = {
+                "method": ov_result.method,
+                "methods_tried": ov_result.methods_tried,
+                "excluded_nodes": ov_result.excluded,
+                "within_budget": ov_result.within_budget,
+                "reduce_range": False,
+                "activations": "int8 symmetric",
+            }
 
     progress("timing")
-    sample = held.inputs[:1]
-    latency = measure_latency(models, sample, info, runs=options.latency_runs)
+    report.providers = _per_provider(models, held, info, options, measure, drop, progress)
+    cpu_rows = report.providers["cpu"]["precisions"]
     report.latency = {
-        "batch": 1, "threads": 1, "runs": options.latency_runs,
-        "cpu": cpu_description(), "provider": "CPUExecutionProvider",
+        "batch": 1,
+        "threads": 1,
+        "runs": options.latency_runs,
+        "cpu": cpu_description(),
+        "provider": "CPUExecutionProvider",
     }
     for precision in models:
+        latency = cpu_rows.get(precision, {}).get("latency_ms", {}).get("1")
+        row_metrics = metrics.get(precision) or report.providers["openvino"]["precisions"].get(
+            precision, {}
+        ).get("metrics", {})
         report.rows.append(
-            Row(precision, targets.get(precision), len(models[precision].SerializeToString()),
-                metrics[precision], latency[precision])
+            Row(
+                precision,
+                targets.get(precision),
+                len(models[precision].SerializeToString()),
+                row_metrics,
+                latency,
+            )
         )
     _write(models, targets, info, run_info.card, report)
     atomic_write(report_path, lambda fh: fh.write(_json(report.to_json()).encode("utf-8")))
@@ -328,25 +383,120 @@ def export_run(
     return report
 
 
+def _variants(provider: str, models: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """What runs on `provider`: precision -> (the file variant it runs, bf16 hint)."""
+    out = {p: (p, False) for p in models if p != OV_INT8}
+    if provider == "openvino":
+        if OV_INT8 in models:
+            out[OV_INT8] = (OV_INT8, False)
+        if bf16_here(provider):
+            out[BF16] = ("fp32", True)
+    return out
+
+
+def _per_provider(
+    models: dict[str, Any],
+    held: HeldOut,
+    info: ModelInfo,
+    options: ExportOptions,
+    measure: Callable[..., dict[str, Any]],
+    drop: Callable[[dict[str, Any]], float],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Latency (batch 1 and LATENCY_BATCH) and agreement of each precision on each provider
+    here, through the runtime, and whether it passed its agreement check there."""
+    out: dict[str, Any] = {}
+    for provider in providers_here():
+        variants = _variants(provider, models)
+        rows: dict[str, Any] = {}
+        for precision, (file, bf16) in variants.items():
+            got = measure(models[file], full=False, provider=provider, bf16=bf16)
+            lost = drop(got)
+            rows[precision] = {
+                "file": file,
+                "bf16": bf16,
+                "metrics": got,
+                "drop": round(lost, 6),
+                "within_budget": lost <= options.max_drop,
+                "latency_ms": {},
+            }
+        for batch in (1, LATENCY_BATCH):
+            sample = np.resize(held.inputs, (batch, *held.inputs.shape[1:]))
+            runtime = {
+                p: runtime_model(models[file], info, provider, bf16=bf16)
+                for p, (file, bf16) in variants.items()
+            }
+            timed = latency(runtime, sample, runs=options.latency_runs)
+            for precision, ms in timed.items():
+                rows[precision]["latency_ms"][str(batch)] = ms
+        progress(
+            f"{provider}: "
+            + ", ".join(
+                f"{p} {r['latency_ms']['1']:.2f} ms" + ("" if r["within_budget"] else " (over budget)")
+                for p, r in rows.items()
+            )
+        )
+        out[provider] = {
+            "threads": 1,
+            "runs": options.latency_runs,
+            "batches": [1, LATENCY_BATCH],
+            "cpu": cpu_description(),
+            "precisions": rows,
+        }
+    out.setdefault("openvino", {"precisions": {}, "note": "onnxruntime-openvino not installed"})
+    return out
+
+
 def _calibration_data(
-    options: ExportOptions, card: dict[str, Any], info: ModelInfo, held: HeldOut
+    options: ExportOptions,
+    card: dict[str, Any],
+    info: ModelInfo,
+    held: HeldOut,
+    reduce_range: bool,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     count = options.calib_count
+    why = (
+        "7-bit weights: this CPU has no VNNI, where onnxruntime's u8s8 kernels saturate"
+        if reduce_range
+        else "full 8-bit weights"
+    )
+    if options.reduce_range is None:
+        why += " (chosen for this CPU)"
+    common = {
+        "method": options.calib_method,
+        "reduce_range": reduce_range,
+        "reduce_range_why": why,
+        "cpu": cpu_description(),
+    }
     if info.task == "generate":
         latents = latent_samples(info, count, CALIBRATION_SEED)
-        meta = {"method": options.calib_method, "count": count, "kind": "latent vectors",
-                "reduce_range": options.reduce_range,
-                "seed": CALIBRATION_SEED}
+        meta = {**common, "count": count, "kind": "latent vectors", "seed": CALIBRATION_SEED}
         return latents, meta
     calib_dir = options.calib_dir or card.get("data")
     if not calib_dir:
         raise ExportError("the run's card names no training data; give --calib DIR")
     paths = calibration_paths(calib_dir, count, CALIBRATION_SEED, exclude=held.paths)
-    meta = {"method": options.calib_method, "count": len(paths), "kind": "images",
-            "reduce_range": options.reduce_range,
-            "source": str(calib_dir), "seed": CALIBRATION_SEED,
-            "held_out_excluded": bool(held.stems)}
+    meta = {
+        **common,
+        "count": len(paths),
+        "kind": "images",
+        "source": str(calib_dir),
+        "seed": CALIBRATION_SEED,
+        "held_out_excluded": bool(held.stems),
+    }
     return load_calibration(paths, info), meta
+
+
+def _drop_of(
+    measure: Callable[..., dict[str, Any]],
+    drop: Callable[[dict[str, Any]], float],
+    provider: str,
+) -> Callable[[Any], tuple[float, dict[str, Any]]]:
+    def drop_of(model: Any) -> tuple[float, dict[str, Any]]:
+        got = measure(model, full=False, provider=provider)
+        return drop(got), got
+
+    return drop_of
 
 
 def _int8(
@@ -354,23 +504,17 @@ def _int8(
     calib: np.ndarray,
     info: ModelInfo,
     options: ExportOptions,
-    fp32_metrics: dict[str, Any],
+    reduce_range: bool,
     measure: Callable[..., dict[str, Any]],
+    drop: Callable[[dict[str, Any]], float],
     progress: Callable[[str], None],
 ) -> tuple[Int8Result, SpeedChoice | None, dict[str, str]]:
+    """The int8 file for onnxruntime's CPU EP: speed search, then the accuracy gate."""
     reader = ArrayReader(proto.graph.input[0].name, calib, info)
     with tempfile.TemporaryDirectory(prefix="segen-int8-") as workdir:
-        quantizer = Int8Quantizer(
-            proto, reader, options.calib_method, workdir, reduce_range=options.reduce_range
-        )
+        quantizer = Int8Quantizer(proto, reader, options.calib_method, workdir, reduce_range=reduce_range)
         probe = calib[:SENSITIVITY_SAMPLES]
-        probe_reference = run(make_session(proto), probe, info)
-
-        def drop_of(model: Any) -> tuple[float, dict[str, Any]]:
-            got = measure(model, full=False)
-            if info.task == "segment":
-                return float(fp32_metrics["miou"]) - float(got["miou"]), got
-            return float(got["mean_abs_diff"]) / 255.0, got  # fraction of the pixel range
+        probe_reference = raw_outputs(runtime_model(proto, info), probe)
 
         def rank() -> list[tuple[str, float]]:
             return rank_sensitivity(quantizer, probe, probe_reference, info, progress)
@@ -379,10 +523,52 @@ def _int8(
         if options.speed_search:
             speed = choose_for_speed(quantizer, proto, calib, info, progress=progress)
         result = quantize_within_budget(
-            quantizer, drop_of, options.max_drop, rank, progress,
+            quantizer,
+            _drop_of(measure, drop, "cpu"),
+            options.max_drop,
+            rank,
+            progress,
             base_exclude=speed.exclude if speed else (),
+            methods=METHODS,
         )
         return result, speed, quantizer.labels
+
+
+def _int8_openvino(
+    proto: Any,
+    calib: np.ndarray,
+    info: ModelInfo,
+    options: ExportOptions,
+    measure: Callable[..., dict[str, Any]],
+    drop: Callable[[dict[str, Any]], float],
+    progress: Callable[[str], None],
+) -> Int8Result:
+    """The int8 file for OpenVINO: symmetric weights and activations, per channel, full 8
+    bits, checked against fp32 under OpenVINO (its kernels differ from the CPU EP's)."""
+    reader = ArrayReader(proto.graph.input[0].name, calib, info)
+    with tempfile.TemporaryDirectory(prefix="segen-int8-ov-") as workdir:
+        quantizer = Int8Quantizer(
+            proto,
+            reader,
+            options.calib_method,
+            workdir,
+            reduce_range=False,
+            symmetric_activations=True,
+        )
+        probe = calib[:SENSITIVITY_SAMPLES]
+        probe_reference = raw_outputs(runtime_model(proto, info), probe)
+
+        def rank() -> list[tuple[str, float]]:
+            return rank_sensitivity(quantizer, probe, probe_reference, info, progress, provider="openvino")
+
+        return quantize_within_budget(
+            quantizer,
+            _drop_of(measure, drop, "openvino"),
+            options.max_drop,
+            rank,
+            progress,
+            methods=METHODS,
+        )
 
 
 def _write(
@@ -400,7 +586,7 @@ def _write(
         blobs = {}
         for precision in targets:
             stamped = info.replace(
-                precision=precision,
+                precision=precision.split(".")[0],  # int8.openvino holds an int8 model
                 exporter_version=version,
                 card={**card, "export": report.card()},
             )

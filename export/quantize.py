@@ -35,16 +35,21 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from segen_edge.metadata import ModelInfo
 
-from .inference import make_session, run, to_model_layout
+from .measure import feed, latency, raw_outputs, runtime_model
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-# Other ops the QDQ quantizer quantizes whose precision (not just data movement) matters:
-# the sensitivity search may leave these in float too.
-ARITHMETIC_OPS = (
-    "Add", "Mul", "Concat", "Resize", "AveragePool", "GlobalAveragePool", "MaxPool", "Relu",
-    "LeakyRelu", "Clip", "Sigmoid", "Softmax", "BatchNormalization", "InstanceNormalization",
-    "LayerNormalization",
-)
+
+
+def _quantized_ops() -> frozenset[str]:
+    """Every op type the QDQ quantizer may wrap in QuantizeLinear/DequantizeLinear pairs:
+    each such node on a float map is a candidate for staying in float (including the
+    Slice/Pad tf2onnx puts after each ConvTranspose)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    extra = ("Add", "Mul", "Concat", "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax")
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry) | frozenset(extra)
+
+
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -85,11 +90,13 @@ class Int8Quantizer:
         method: str,
         workdir: str | Path,
         reduce_range: bool = False,
+        symmetric_activations: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.reader = reader
         self.method = method
         self.reduce_range = reduce_range
+        self.symmetric_activations = symmetric_activations
         source = self.workdir / "fp32.onnx"
         onnx.save(model, source)
         self.prepared = self.workdir / "prepared.onnx"
@@ -98,51 +105,71 @@ class Int8Quantizer:
         # ONNX shape inference plus ORT's constant folding is all a convnet needs.
         with _quiet():
             quant_pre_process(source, self.prepared, skip_symbolic_shape=True)
-        self.cache = self.workdir / f"calibration-{method}.json"
         graph = onnx.load(self.prepared).graph
         weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS]
         self.candidates = [n.name for n in weighted]  # what the speed search groups
         floats = {
-            v.name for v in (*graph.value_info, *graph.output)
+            v.name
+            for v in (*graph.value_info, *graph.output)
             if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         }
-        # What the sensitivity search may leave in float: weighted nodes, then arithmetic
-        # on float maps (not the int64 shape arithmetic of dynamic sizes).
+        # What the accuracy search may leave in float: weighted nodes first, then every other
+        # node the quantizer wraps in a QDQ pair on a float map (not the int64 shape
+        # arithmetic of dynamic sizes).
+        quantized = _quantized_ops()
         self.sensitive = self.candidates + [
-            n.name for n in graph.node
-            if n.op_type in ARITHMETIC_OPS and n.output and n.output[0] in floats
+            n.name
+            for n in graph.node
+            if n.op_type not in WEIGHTED_OPS and n.op_type in quantized and n.output and n.output[0] in floats
         ]
-        self.labels = {
-            n.name: layer_label(n) for n in graph.node if n.name in set(self.sensitive)
+        self.labels = {n.name: layer_label(n) for n in graph.node if n.name in set(self.sensitive)}
+
+    def settings(self) -> dict[str, Any]:
+        """How this quantizer quantizes, for the card."""
+        return {
+            "method": self.method,
+            "reduce_range": self.reduce_range,
+            "weights": "int8 symmetric, per channel",
+            "activations": "int8 symmetric" if self.symmetric_activations else "uint8",
         }
 
     def quantize(
-        self, exclude: Sequence[str] = (), only: Sequence[str] | None = None
+        self,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
+        method: str | None = None,
     ) -> onnx.ModelProto:
-        """The int8 model, with `exclude` left in float (or only `only` quantized)."""
+        """The int8 model, with `exclude` left in float (or only `only` quantized), ranges
+        calibrated with `method` (default: this quantizer's)."""
+        method = method or self.method
+        cache = self.workdir / f"calibration-{method}.json"
         out = self.workdir / "int8.onnx"
-        options: dict[str, Any] = {}
-        if self.method == "percentile":
+        options: dict[str, Any] = {"WeightSymmetric": True}
+        if self.symmetric_activations:
+            options["ActivationSymmetric"] = True
+        if method == "percentile":
             options["CalibPercentile"] = 99.999
-        if not self.cache.exists() and hasattr(self.reader, "__len__"):
+        if not cache.exists() and hasattr(self.reader, "__len__"):
             # Calibrate in slices: the calibrators keep every intermediate tensor of what
             # they are fed at once, gigabytes for 100 images through a U-Net.
             total = len(self.reader)
             options["CalibStridedMinMax"] = max(d for d in range(1, 17) if total % d == 0)
+        if hasattr(self.reader, "rewind"):
+            self.reader.rewind()
         with _quiet():
             quantize_static(
                 str(self.prepared),
                 str(out),
-                calibration_data_reader=None if self.cache.exists() else self.reader,
+                calibration_data_reader=None if cache.exists() else self.reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=self.reduce_range,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if self.symmetric_activations else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=list(only) if only else None,
                 nodes_to_exclude=list(exclude),
-                calibrate_method=CALIBRATION_METHODS[self.method],
-                calibration_cache_path=str(self.cache),
+                calibrate_method=CALIBRATION_METHODS[method],
+                calibration_cache_path=str(cache),
                 extra_options=options,
             )
         return onnx.load(out)
@@ -161,10 +188,10 @@ def output_sizes(
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None)
             )
-    session = make_session(model)
-    feed = {session.get_inputs()[0].name: to_model_layout(sample[:1], info)}
+    session = runtime_model(model, info).loaded.session
+    inputs = {session.get_inputs()[0].name: feed(sample[:1], info)}
     wanted = [o.name for o in session.get_outputs() if o.name in set(outputs)]
-    values = dict(zip(wanted, session.run(wanted, feed), strict=True))
+    values = dict(zip(wanted, session.run(wanted, inputs), strict=True))
     return {name: tuple(values[nodes[name].output[0]].shape[1:]) for name in names}
 
 
@@ -200,14 +227,13 @@ def choose_for_speed(
     info: ModelInfo,
     runs: int = 20,
     progress: Callable[[str], None] = lambda _: None,
+    provider: str = "cpu",
 ) -> SpeedChoice:
     """Latency-aware mixed precision: try leaving the highest-resolution levels of weighted
     nodes in float (none, the first, the first two, ...), time every variant against fp32
     on this CPU, and keep the fastest (the most quantized one within 3% of it). On CPUs
     without VNNI, int8 convs over wide, thin maps (8 channels at full resolution) are
     slower than fp32's NCHWc kernels."""
-    from .evaluate import measure_latency
-
     sizes = output_sizes(quantizer.prepared, quantizer.candidates, sample, info)
     levels = resolution_levels(sizes)
     variants: dict[str, tuple[list[str], onnx.ModelProto]] = {}
@@ -218,7 +244,7 @@ def choose_for_speed(
         key = "int8" if not depth else f"int8, top {depth} level(s) in float"
         variants[key] = (list(exclude), quantizer.quantize(exclude=exclude))
     models = {"fp32": fp32, **{k: m for k, (_, m) in variants.items()}}
-    timings = measure_latency(models, sample[:1], info, runs=runs)
+    timings = latency({k: runtime_model(m, info, provider) for k, m in models.items()}, sample[:1], runs)
     # The variant with the fewest layers in float among those within SPEED_TOLERANCE of the
     # fastest: timing noise on a busy machine must not cost int8's size for nothing.
     fastest = min(timings[k] for k in variants)
@@ -249,13 +275,15 @@ def rank_sensitivity(
     reference: np.ndarray,
     info: ModelInfo,
     progress: Callable[[str], None] = lambda _: None,
+    provider: str = "cpu",
 ) -> list[tuple[str, float]]:
     """Per-layer sensitivity: quantize one node at a time (weighted ones, then arithmetic)
     and measure how far the output moves from fp32 (relative squared error on `inputs`).
     Most sensitive first."""
     scores = []
     for i, node in enumerate(quantizer.sensitive, 1):
-        output = run(make_session(quantizer.quantize(only=[node])), inputs, info)
+        quantized = runtime_model(quantizer.quantize(only=[node]), info, provider)
+        output = raw_outputs(quantized, inputs)
         scores.append((node, relative_error(output, reference)))
         label = quantizer.labels.get(node, node)
         progress(f"sensitivity {i}/{len(quantizer.sensitive)}: {label} {scores[-1][1]:.2e}")
@@ -270,6 +298,8 @@ class Int8Result:
     excluded: list[str] = field(default_factory=list)  # nodes left in float
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
     within_budget: bool = True
+    method: str = "minmax"  # the calibration method of the final model
+    methods_tried: dict[str, float] = field(default_factory=dict)  # method -> drop
 
 
 def quantize_within_budget(
@@ -279,15 +309,29 @@ def quantize_within_budget(
     rank: Callable[[], list[tuple[str, float]]],
     progress: Callable[[str], None] = lambda _: None,
     base_exclude: Sequence[str] = (),
+    methods: Sequence[str] = (),
 ) -> Int8Result:
     """Quantize everything but `base_exclude`; while the drop `drop_of(model)` measures
-    exceeds `max_drop`, leave the next most sensitive node (from `rank()`) in float too and
-    quantize again. `excluded` lists only the nodes left in float for accuracy."""
-    model = quantizer.quantize(exclude=base_exclude)
-    drop, metrics = drop_of(model)
-    progress(f"int8 ({len(base_exclude)} node(s) in float for speed): drop {drop:.4f}")
-    if drop <= max_drop:
-        return Int8Result(model, drop, metrics)
+    exceeds `max_drop`, first try the other calibration `methods` (keeping the best), then
+    leave the next most sensitive node (from `rank()`) in float too and quantize again.
+    `excluded` lists only the nodes left in float for accuracy; `within_budget` is False
+    when even every candidate in float did not bring the drop within `max_drop`."""
+    tried: dict[str, float] = {}
+    best: tuple[float, str, onnx.ModelProto, dict[str, Any]] | None = None
+    for method in [quantizer.method, *[m for m in methods if m != quantizer.method]]:
+        model = quantizer.quantize(exclude=base_exclude, method=method)
+        drop, metrics = drop_of(model)
+        tried[method] = round(drop, 6)
+        progress(
+            f"int8, {method} calibration ({len(base_exclude)} node(s) in float for speed): drop {drop:.4f}"
+        )
+        if best is None or drop < best[0]:
+            best = (drop, method, model, metrics)
+        if drop <= max_drop:
+            return Int8Result(model, drop, metrics, method=method, methods_tried=tried)
+    assert best is not None
+    drop, method, model, metrics = best
+    quantizer.method = method  # the sensitivity search goes on from the best calibration
     ranking = [(n, e) for n, e in rank() if n not in set(base_exclude)]
     excluded: list[str] = []
     for node, _ in ranking:
@@ -299,5 +343,5 @@ def quantize_within_budget(
             f"drop {drop:.4f}"
         )
         if drop <= max_drop:
-            return Int8Result(model, drop, metrics, excluded, ranking)
-    return Int8Result(model, drop, metrics, excluded, ranking, within_budget=False)
+            return Int8Result(model, drop, metrics, excluded, ranking, True, method, tried)
+    return Int8Result(model, drop, metrics, excluded, ranking, False, method, tried)

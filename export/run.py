@@ -49,9 +49,7 @@ def load_run(run_dir: str | Path) -> Run:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{info_path}: not readable JSON ({exc}); re-run the training") from None
     if not isinstance(data, dict):
-        raise MetadataError(
-            f"{info_path}: expected a JSON object (ModelInfo), got {type(data).__name__}"
-        )
+        raise MetadataError(f"{info_path}: expected a JSON object (ModelInfo), got {type(data).__name__}")
     info = ModelInfo.from_dict(data, source=str(info_path))
     model_path = path / MODEL_FILES[info.task]
     if not model_path.is_file():

@@ -129,6 +129,35 @@ def test_writes_every_precision_and_a_report(seg_export: Path) -> None:
     sizes = {p: (seg_export / f"tiny-unet-{p}.onnx").stat().st_size for p in rows}
     assert sizes["fp16"] < sizes["fp32"]
     assert all(rows[p]["size_bytes"] == sizes[p] for p in rows)  # the card's sizes are true
+    cpu = report["providers"]["cpu"]["precisions"]  # measured through the runtime, per provider
+    assert set(cpu) == {"fp32", "fp16", "int8"}
+    assert all(set(r["latency_ms"]) == {"1", "8"} for r in cpu.values())
+    assert cpu["fp32"]["metrics"]["agreement"] == 1.0 and cpu["fp32"]["within_budget"] is True
+    assert cpu["int8"]["metrics"]["agreement"] == rows["int8"]["agreement"]
+    assert report["calibration"]["reduce_range"] is True  # this CPU has no VNNI
+    assert set(report["calibration"]["methods_tried"]) <= {"minmax", "entropy", "percentile"}
+
+
+def test_export_measures_what_the_runtime_computes(seg_run: Path, seg_export: Path) -> None:
+    """The card's agreement is what the runtime's Segmenter gives on the held-out images."""
+    from segen_edge.images import load_image, resize_u8
+    from segen_edge.loading import load
+
+    report = json.loads((seg_export / "tiny-unet-export.json").read_text())
+    data = Path(json.loads((seg_run / "model_info.json").read_text())["card"]["data"])
+    models = {
+        p: load(str(seg_export / f"tiny-unet-{p}.onnx"), device="cpu", precision=p, threads=1)
+        for p in ("fp32", "int8")
+    }
+    same = total = 0
+    for stem in HELD_OUT:
+        image = resize_u8(load_image(data / "images" / f"{stem}.png").image_u8, (SIZE, SIZE))
+        ids = {p: m.predict_batch(m.info.preprocessing.to_model(image[None]))[0]
+               for p, m in models.items()}
+        same += int(np.sum(ids["fp32"] == ids["int8"]))
+        total += ids["fp32"].size
+    agreement = report["providers"]["cpu"]["precisions"]["int8"]["metrics"]["agreement"]
+    assert abs(same / total - agreement) < 1e-4
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -185,9 +214,11 @@ def test_sensitivity_keeps_layers_in_float_until_within_budget(seg_run: Path, tm
             "--no-speed-search",
         ]
     )
-    assert code == 0
+    assert code == 3  # written, but over budget: a script notices
     report = json.loads((tmp_path / "t-export.json").read_text())
     assert report["within_budget"] is False
+    assert set(report["calibration"]["methods_tried"]) == {"minmax", "entropy", "percentile"}
+    assert report["providers"]["cpu"]["precisions"]["int8"]["within_budget"] is False
     graph = onnx.load(str(tmp_path / "t-int8.onnx")).graph
     float_nodes = [n for n in graph.node if n.name in report["excluded_nodes"]]
     float_convs = [n for n in float_nodes if n.op_type in ("Conv", "ConvTranspose")]
@@ -242,6 +273,7 @@ def test_generator_exports_with_seeded_latents(tmp_path: Path) -> None:
     assert rows["fp32"]["mean_abs_diff"] == 0.0
     assert rows["fp16"]["mean_abs_diff"] < 1.0
     assert rows["int8"]["mean_abs_diff"] < 2.55  # the default budget: 1% of 255
+    assert rows["fp32"]["psnr_db"] is None and rows["fp16"]["psnr_db"] > 30
     path = run_dir / "onnx" / "tiny-gan-int8.onnx"
     info = ModelInfo.from_props(read_props(path))
     assert (info.task, info.precision, info.latent_size) == ("generate", "int8", 8)
