@@ -2,7 +2,7 @@
 class fractions, palette PNG, per-class probabilities.
 
 `ids` is a (H, W) uint8 (or uint16, more than 256 classes) array of class ids. Every
-function works in bands of rows (about a megapixel each), in uint8 or float32: numpy turns
+function works in bands of rows (a quarter megapixel each), in uint8 or float32: numpy turns
 index arrays into intp and promotes mixed arithmetic to float64, so a 48-megapixel mask
 done in one go would make 400 MB temporaries. Only the outputs are full size.
 """
@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import BadInputError
 
-_BAND_PIXELS = 1 << 20
+_BAND_PIXELS = 1 << 18  # a quarter megapixel: a few MB of float32 per band
 PROBS_KEY = "probs"  # the (K, H, W) uint8 array in a probabilities .npz
 NAMES_KEY = "class_names"
 
