@@ -2,21 +2,21 @@
 
 numpy + Pillow only: training, export and the runtime's evaluation all decode masks here,
 so a mask means the same classes everywhere. A decoded mask is a uint8 (height, width) array
-of class ids; IGNORE_INDEX marks pixels that loss and metrics skip.
+of class ids; IGNORE_INDEX (segen_edge.metrics) marks pixels that loss and metrics skip.
 
 Encodings:
   index    grey or palette PNG whose pixel value is the class id (255 = ignore)
   binary   0 / 255 (or any grey: >= 128 is foreground) -> 0 / 1
   trimap   Oxford-IIIT Pet: 1 pet, 2 background, 3 border -> 0, 1, 2
   palette  palette PNG (Pascal VOC): palette index = class id, 255 = ignore
-  auto     detected from a sample of the masks (detect_encoding)
+  auto     read from the mask's own values (classify_encoding); a training run detects a
+           data set's encoding once over a sample (train.labels) and records it in the card
 """
 
 from __future__ import annotations
 
 import colorsys
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,34 +25,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInputError
 from .images import is_image_name
+from .metrics import IGNORE_INDEX
 
 ENCODINGS = ("auto", "index", "binary", "trimap", "palette")
-IGNORE_INDEX = 255
-TRIMAP_CLASSES = ("pet", "background", "border")
-VOC_CLASSES = (
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-
 # (image folder, mask folder) names, tried in this order under the data folder (and under
 # its train/ subfolder, e.g. the membrane root).
 LAYOUTS: tuple[tuple[str, str], ...] = (
@@ -68,7 +43,6 @@ LAYOUTS: tuple[tuple[str, str], ...] = (
     ("imgs", "masks"),
 )
 MASK_NAME_SUFFIXES = ("_mask", "-mask", "_label", "-label", "_labels", "_seg", "_trimap")
-_SAMPLE = 24  # masks read by detect_encoding
 
 
 @dataclass(frozen=True)
@@ -98,7 +72,8 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _mask_stem(stem: str) -> str:
+def mask_stem(stem: str) -> str:
+    """A mask file's stem without a suffix such as _mask or -label: its image's stem."""
     for suffix in MASK_NAME_SUFFIXES:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return stem[: -len(suffix)]
@@ -126,7 +101,7 @@ def find_pairs(data_dir: str | Path, require_masks: bool = True) -> list[Pair]:
             masks: dict[str, Path] = {}
             for stem, path in _image_files(mask_dir).items():
                 masks.setdefault(stem, path)
-                masks.setdefault(_mask_stem(stem), path)
+                masks.setdefault(mask_stem(stem), path)
             pairs = [
                 Pair(stem, path, masks.get(stem))
                 for stem, path in sorted(images.items())
@@ -188,7 +163,8 @@ def _mask_values(img: Image.Image, path: str | Path) -> np.ndarray:
     )
 
 
-def _classify_values(values: set[int], modes: set[str]) -> str:
+def classify_encoding(values: set[int], modes: set[str]) -> str:
+    """The encoding that masks with these raw values and Pillow modes most likely use."""
     if modes == {"P"}:
         return "palette"
     if values and values <= {1, 2, 3} and {1, 2} <= values:
@@ -201,19 +177,10 @@ def _classify_values(values: set[int], modes: set[str]) -> str:
     return "binary"  # many grey levels (anti-aliased or JPEG masks): threshold at 128
 
 
-def detect_encoding(mask_paths: Sequence[str | Path]) -> str:
-    """Guess the encoding of a data set's masks from an evenly spread sample of them."""
-    paths = list(mask_paths)
-    if not paths:
-        raise BadInputError("no mask files to detect the encoding from; check --data")
-    step = max(1, len(paths) // _SAMPLE)
-    values: set[int] = set()
-    modes: set[str] = set()
-    for path in paths[::step][:_SAMPLE]:
-        img = _open_mask(path)
-        modes.add(img.mode)
-        values.update(int(v) for v in np.unique(_mask_values(img, path)))
-    return _classify_values(values, modes)
+def read_mask_values(path: str | Path) -> tuple[np.ndarray, str]:
+    """A mask file's raw values (palette indices for palette PNGs) and its Pillow mode."""
+    img = _open_mask(path)
+    return _mask_values(img, path), img.mode
 
 
 def load_mask(path: str | Path, encoding: str = "auto") -> np.ndarray:
@@ -223,7 +190,7 @@ def load_mask(path: str | Path, encoding: str = "auto") -> np.ndarray:
     img = _open_mask(path)
     values = _mask_values(img, path)
     if encoding == "auto":
-        encoding = _classify_values({int(v) for v in np.unique(values)}, {img.mode})
+        encoding = classify_encoding({int(v) for v in np.unique(values)}, {img.mode})
     if encoding == "index":
         return np.ascontiguousarray(values, dtype=np.uint8)
     if encoding == "binary":
@@ -240,33 +207,7 @@ def load_mask(path: str | Path, encoding: str = "auto") -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.uint8)
 
 
-def count_classes(masks: Sequence[np.ndarray], encoding: str) -> int:
-    """Number of classes a data set's decoded masks need (highest id + 1, at least 2)."""
-    if encoding == "trimap":
-        return 3
-    if encoding == "binary":
-        return 2
-    highest = 0
-    for mask in masks:
-        ids = np.unique(mask)
-        ids = ids[ids != IGNORE_INDEX]
-        if ids.size:
-            highest = max(highest, int(ids.max()))
-    return max(2, highest + 1)
-
-
-# -- names and colours -------------------------------------------------------------------
-
-
-def default_class_names(encoding: str, num_classes: int) -> tuple[str, ...]:
-    """Class names for a data set whose masks say nothing about them."""
-    if encoding == "trimap" and num_classes == 3:
-        return TRIMAP_CLASSES
-    if encoding == "binary" and num_classes == 2:
-        return ("background", "foreground")
-    if encoding == "palette" and num_classes <= len(VOC_CLASSES) and num_classes > 2:
-        return VOC_CLASSES[:num_classes]
-    return tuple(f"class_{i}" for i in range(num_classes))
+# -- colours -------------------------------------------------------------------------
 
 
 def _voc_colour(index: int) -> tuple[int, int, int]:

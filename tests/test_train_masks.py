@@ -1,4 +1,5 @@
-"""segen_edge.masks: layouts, encodings, names and colours (numpy + Pillow, no TensorFlow)."""
+"""segen_edge.masks (layouts, decoding, colours) and train.labels (encoding detection, class
+counts, names, ignore indices, class weights): numpy + Pillow, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import pytest
 from PIL import Image
 
 from segen_edge.errors import BadInputError
-from segen_edge.masks import (
-    ENCODINGS,
-    IGNORE_INDEX,
+from segen_edge.masks import ENCODINGS, default_palette, find_pairs, load_mask
+from segen_edge.metrics import IGNORE_INDEX
+from train.labels import (
+    check_ignore_indices,
+    class_pixel_counts,
     count_classes,
     default_class_names,
-    default_palette,
     detect_encoding,
-    find_pairs,
-    load_mask,
+    median_frequency_weights,
+    parse_class_weights,
+    remap_ignored,
 )
 
 
@@ -160,3 +163,50 @@ def test_default_names_and_palettes() -> None:
         assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in colours)
     assert default_palette(3, "palette") == ((0, 0, 0), (128, 0, 0), (0, 128, 0))
     assert default_palette(2, "binary") == ((0, 0, 0), (255, 255, 255))
+
+
+def test_void_label_is_not_a_class() -> None:
+    masks = [np.array([[0, 10, 11], [11, 3, 255]], np.uint8), np.array([[2, 11]], np.uint8)]
+    assert count_classes(masks, "index") == 12  # 11 read as a class without --ignore-index
+    assert count_classes(masks, "index", ignore_index=(11,)) == 11
+    remapped = [remap_ignored(m, (11,)) for m in masks]
+    assert count_classes(remapped, "index") == 11
+    np.testing.assert_array_equal(remapped[0], [[0, 10, 255], [255, 3, 255]])
+    assert remap_ignored(masks[1], (255,)) is masks[1]  # nothing to change: no copy
+    check_ignore_indices((11, 255), 11, [f"c{i}" for i in range(11)])
+    with pytest.raises(BadInputError, match=r"--ignore-index 3 is also class id 3 \('c3'\)"):
+        check_ignore_indices((3,), 11, [f"c{i}" for i in range(11)])
+
+
+def _median_frequency_reference(masks: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """SegNet's recipe spelled out per class with Python loops over the masks."""
+    freqs = {}
+    for c in range(num_classes):
+        class_pixels = sum(int((m == c).sum()) for m in masks)
+        image_pixels = sum(int((m < num_classes).sum()) for m in masks if (m == c).any())
+        if class_pixels:
+            freqs[c] = class_pixels / image_pixels
+    median = float(np.median(list(freqs.values())))
+    return np.array([median / freqs[c] if c in freqs else 1.0 for c in range(num_classes)])
+
+
+def test_median_frequency_weights_match_a_reference() -> None:
+    rng = np.random.default_rng(3)
+    masks = [rng.choice([0, 0, 0, 1, 2, 255], size=(9, 7)).astype(np.uint8) for _ in range(5)]
+    masks.append(np.full((4, 4), 3, np.uint8))  # class 3 only in one small mask
+    weights = median_frequency_weights(masks, 5)  # class 4: never present -> 1
+    np.testing.assert_allclose(weights, _median_frequency_reference(masks, 5), rtol=1e-6)
+    assert weights[0] < weights[1] and weights[4] == 1.0
+    pixels, _ = class_pixel_counts(masks, 5)
+    assert pixels.sum() == sum(int((m != 255).sum()) for m in masks)  # ignored: not counted
+
+
+def test_class_weights_parse_and_refuse_the_wrong_count() -> None:
+    masks = [np.array([[0, 1, 1, 1]], np.uint8)]
+    assert parse_class_weights("none", 2, masks, ["a", "b"]) is None
+    np.testing.assert_allclose(parse_class_weights("auto", 2, masks, ["a", "b"]), [2.0, 2 / 3])
+    np.testing.assert_allclose(parse_class_weights("1,0.5", 2, masks, ["a", "b"]), [1.0, 0.5])
+    with pytest.raises(BadInputError, match="gives 3 weights but the masks hold 2 classes"):
+        parse_class_weights("1,2,3", 2, masks, ["a", "b"])
+    with pytest.raises(BadInputError, match="expected auto, none or one number"):
+        parse_class_weights("balanced", 2, masks, ["a", "b"])

@@ -1,4 +1,4 @@
-"""segen_edge.metrics.ConfusionMatrix against hand-computed matrices (numpy only)."""
+"""segen_edge.metrics: ConfusionMatrix and score_masks against hand-computed counts (numpy only)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segen_edge.metrics import ConfusionMatrix
+from segen_edge.metrics import IGNORE_INDEX, ConfusionMatrix, score_masks
 
 
 def test_hand_computed_matrix_and_scores() -> None:
@@ -79,3 +79,35 @@ def test_matches_a_python_count(pairs: list[tuple[int, int]]) -> None:
             assert cm.iou()[c] == pytest.approx(expected[c, c] / union)
         else:
             assert math.isnan(cm.iou()[c])
+
+
+def test_score_masks_streams_pairs_with_ignore_indices_and_validity() -> None:
+    rng = np.random.default_rng(1)
+    truths = [rng.integers(0, 5, (6, 5)).astype(np.uint8) for _ in range(3)]
+    preds = [rng.integers(0, 3, (6, 5)).astype(np.uint8) for _ in range(3)]
+    valids = [rng.random((6, 5)) > 0.3 for _ in range(3)]
+    # classes 0..2; 3 and 4 are void labels; pixels outside `valid` are not scored
+    result = score_masks(
+        zip(truths, preds, valids, strict=True), 3, ignore_index=(3, 4), class_names=["a", "b", "c"]
+    )
+    keep = [(t < 3) & v for t, v in zip(truths, valids, strict=True)]
+    t_all = np.concatenate([t[k] for t, k in zip(truths, keep, strict=True)])
+    p_all = np.concatenate([p[k] for p, k in zip(preds, keep, strict=True)])
+    assert result["images"] == 3 and result["pixels"] == t_all.size
+    assert result["pixel_accuracy"] == pytest.approx(float((t_all == p_all).mean()), abs=1e-6)
+    for c, name in enumerate("abc"):
+        inter = int(((t_all == c) & (p_all == c)).sum())
+        union = int(((t_all == c) | (p_all == c)).sum())
+        assert result["iou"][name] == pytest.approx(inter / union, abs=1e-6)
+    # an ignore index inside the class range is skipped too
+    cm = ConfusionMatrix(3, ignore_index=[1, IGNORE_INDEX]).update(
+        np.array([0, 1, 2, 255]), np.array([0, 0, 0, 0])
+    )
+    np.testing.assert_array_equal(cm.matrix.sum(axis=1), [1, 0, 1])
+    plain = score_masks([(np.array([0, 1]), np.array([0, 0]))], 2)
+    assert plain["iou"] == {"0": 0.5, "1": 0.0} and plain["images"] == 1
+
+
+def test_validity_mask_of_another_size_is_an_error() -> None:
+    with pytest.raises(ValueError, match="valid has 3 values"):
+        ConfusionMatrix(2).update(np.zeros(4), np.zeros(4), np.ones(3, bool))

@@ -85,7 +85,7 @@ def test_batches_scale_like_preprocess_and_augment_pairs(tmp_path: Path) -> None
         class_names=("pet", "background", "border"),
         palette=((1, 1, 1), (2, 2, 2), (3, 3, 3)),
     )
-    plain = SegmentationBatches(arrays, 4, info.pixel_scale, info.pixel_offset, None, shuffle=False)
+    plain = SegmentationBatches(arrays, 4, info.preprocessing, None, shuffle=False)
     x, y = plain[0]
     from segen_edge.images import load_image
 
@@ -278,16 +278,16 @@ def test_quality_classifier_cache_is_reused_until_its_recipe_changes(tmp_path: P
     info_path = cache / CLASSIFIER_INFO
     stamped = {**json.loads(info_path.read_text()), "created": "marker"}
     info_path.write_text(json.dumps(stamped))
-    assert QualityScorer.load_or_train(cache, data, samples=10, epochs=1).info["created"] == \
-        "marker"  # same recipe: loaded, not retrained
+    assert (
+        QualityScorer.load_or_train(cache, data, samples=10, epochs=1).info["created"] == "marker"
+    )  # same recipe: loaded, not retrained
     with pytest.raises(BadInputError, match=r"other settings: samples 10 \(this run: 12\)"):
         QualityScorer.load_or_train(cache, data, samples=12, epochs=1)  # shared: kept
     assert json.loads(info_path.read_text())["created"] == "marker"
     fewer = load_gan_data(tmp_path / "mnist", (32, 32), 1, limit=len(data.images_u8) - 1)
     with pytest.raises(BadInputError, match="train_count"):
         QualityScorer.load_or_train(cache, fewer, samples=10, epochs=1)
-    assert QualityScorer.load_or_train(cache, data, samples=12, epochs=1,
-                                       replace=True).info["samples"] == 12
+    assert QualityScorer.load_or_train(cache, data, samples=12, epochs=1, replace=True).info["samples"] == 12
     info_path.write_text(json.dumps({k: v for k, v in stamped.items() if k != "version"}))
     retrained = QualityScorer.load_or_train(cache, data, samples=10, epochs=1)
     assert retrained.info["created"] != "marker"  # an older classifier's cache is replaced
@@ -299,14 +299,20 @@ def test_blend_check_counts_judges_sure_of_two_class_mixtures(tmp_path: Path) ->
 
     labels = np.array([0, 1] * 20)
     images = np.where(labels == 0, 0, 201).astype(np.uint8)[:, None, None, None] * np.ones(
-        (1, 4, 4, 1), np.uint8)
+        (1, 4, 4, 1), np.uint8
+    )
     seen = []
 
     def by_brightness(x: np.ndarray) -> np.ndarray:  # sure of dark and bright, unsure between
         seen.append(x)
         mean = x.reshape(len(x), -1).mean(axis=1)
-        return np.stack([np.where(mean < 50, 1.0, np.where(mean > 150, 0.0, 0.5)),
-                         np.where(mean > 150, 1.0, np.where(mean < 50, 0.0, 0.5))], axis=1)
+        return np.stack(
+            [
+                np.where(mean < 50, 1.0, np.where(mean > 150, 0.0, 0.5)),
+                np.where(mean > 150, 1.0, np.where(mean < 50, 0.0, 0.5)),
+            ],
+            axis=1,
+        )
 
     assert blend_confidence(by_brightness, images, labels) == 0.0  # a careful judge
     assert seen[0].dtype == np.uint8 and (seen[0] == 101).all()  # (0 + 201 + 1) // 2: mixtures
@@ -323,7 +329,7 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_linear_decay_reaches_a_small_rate_only_in_the_last_epochs() -> None:
-    from train.metrics import linear_decay
+    from train.callbacks import linear_decay
 
     schedule = linear_decay(1.0, epochs=10, decay_epochs=4)
     rates = [schedule(epoch) for epoch in range(10)]
@@ -332,8 +338,7 @@ def test_linear_decay_reaches_a_small_rate_only_in_the_last_epochs() -> None:
     assert [linear_decay(0.5, 3, 0)(e) for e in range(3)] == [0.5] * 3
 
 
-def test_lr_decay_longer_than_the_run_is_refused(tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_lr_decay_longer_than_the_run_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["dcgan", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--epochs", "2"]
     assert main([*args, "--lr-decay-epochs", "3"]) == 1
     err = capsys.readouterr().err

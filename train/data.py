@@ -19,8 +19,12 @@ import keras
 import numpy as np
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import find_images, load_image, resize_u8
-from segen_edge.masks import Pair, load_mask
+from segen_edge.images import find_images, is_image_name, load_image, resize_u8
+from segen_edge.masks import Pair, load_mask, mask_stem, read_mask_values
+from segen_edge.metadata import Preprocessing
+from segen_edge.metrics import IGNORE_INDEX
+
+from .labels import remap_ignored
 
 # -- splits ------------------------------------------------------------------------------
 
@@ -37,9 +41,7 @@ def split_pairs(
             raise BadInputError(f"--val-fraction is {val_fraction}; expected between 0 and 1")
         val_count = max(1, round(n * val_fraction))
     if not 0 < val_count < n:
-        raise BadInputError(
-            f"--val-count is {val_count} for {n} image/mask pairs; expected 1..{n - 1}"
-        )
+        raise BadInputError(f"--val-count is {val_count} for {n} image/mask pairs; expected 1..{n - 1}")
     order = np.random.default_rng(seed).permutation(n)
     held = set(int(i) for i in order[:val_count])
     train = [p for i, p in enumerate(ordered) if i not in held]
@@ -47,40 +49,130 @@ def split_pairs(
     return train, val
 
 
+def read_stem_list(path: str | Path, pairs: Sequence[Pair], flag: str) -> list[str]:
+    """The stems a split file names, one a line (file names or paths are cut to their stem;
+    blank lines and lines starting with # are skipped). Every stem must be in `pairs`."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise BadInputError(f"{flag} {path}: no such file; give a text file of stems, one a line") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{flag} {path}: cannot read it ({exc})") from None
+    stems = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            name = line.replace("\\", "/").rsplit("/", 1)[-1]
+            stems.append(
+                Path(name).stem
+                if Path(name).suffix.lower()
+                in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+                else name
+            )
+    if not stems:
+        raise BadInputError(f"{flag} {path}: names no stems; expected one stem a line")
+    known = {p.stem for p in pairs}
+    missing = [s for s in dict.fromkeys(stems) if s not in known]
+    if missing:
+        raise BadInputError(
+            f"{flag} {path}: {len(missing)} of its {len(set(stems))} stems are not image/mask "
+            f"pairs of the data (e.g. {missing[0]!r}); check the list against --data"
+        )
+    return list(dict.fromkeys(stems))
+
+
+def take_stems(pairs: Sequence[Pair], stems: Sequence[str]) -> tuple[list[Pair], list[Pair]]:
+    """(pairs named by `stems`, the rest), each sorted by stem."""
+    wanted = set(stems)
+    ordered = sorted(pairs, key=lambda p: p.stem)
+    return [p for p in ordered if p.stem in wanted], [p for p in ordered if p.stem not in wanted]
+
+
 # -- segmentation ------------------------------------------------------------------------
 
 
 @dataclass
 class SegmentationArrays:
-    """Decoded pairs: images and masks at the model's size, plus masks at their own size."""
+    """Decoded pairs: images and masks at the model's size (or each at its own size when
+    loaded for crop training), plus masks at their own size for evaluation. Pixels of ignored
+    ids and pixels outside a validity mask are IGNORE_INDEX in every mask."""
 
     stems: list[str]
-    images_u8: np.ndarray  # (N, H, W, C) uint8 at image_size
-    masks: np.ndarray  # (N, H, W) uint8 class ids at image_size (nearest)
+    images_u8: np.ndarray | list[np.ndarray]  # (N, H, W, C) uint8, or N (h, w, C) at own size
+    masks: np.ndarray | list[np.ndarray]  # (N, H, W) uint8 class ids (nearest), or N (h, w)
     full_masks: list[np.ndarray]  # each (h, w) at the file's own size, for evaluation
 
 
+def find_valid_masks(folder: str | Path, stems: Sequence[str]) -> dict[str, Path]:
+    """stem -> validity-mask file in `folder` (matched by stem, or stem + a suffix such as
+    _mask); every stem must have one."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInputError(
+            f"--valid-masks {root}: no such folder; give the folder of "
+            "validity masks (e.g. the retina field-of-view masks)"
+        )
+    found: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and is_image_name(path):
+            found.setdefault(path.stem, path)
+            found.setdefault(mask_stem(path.stem), path)
+    missing = [s for s in stems if s not in found]
+    if missing:
+        raise BadInputError(
+            f"--valid-masks {root}: no mask for {len(missing)} of {len(stems)} images (e.g. "
+            f"{missing[0]!r}); expected a file named after each image's stem"
+        )
+    return {s: found[s] for s in stems}
+
+
+def load_valid(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A validity mask as bool (h, w): nonzero pixels are scored, zero pixels ignored."""
+    values, _ = read_mask_values(path)
+    if values.shape != shape[:2]:
+        raise BadInputError(
+            f"{path}: validity mask is {values.shape[0]}x{values.shape[1]} but its image is "
+            f"{shape[0]}x{shape[1]}; expected the same height and width"
+        )
+    return values > 0
+
+
 def load_segmentation(
-    pairs: Sequence[Pair], image_size: tuple[int, int], channels: int, encoding: str
+    pairs: Sequence[Pair],
+    image_size: tuple[int, int] | None,
+    channels: int,
+    encoding: str,
+    ignore_index: Sequence[int] = (IGNORE_INDEX,),
+    valid_masks: dict[str, Path] | None = None,
 ) -> SegmentationArrays:
+    """Decode `pairs`; image_size None keeps every image at its own size (crop training).
+    Ignored ids become IGNORE_INDEX, as do pixels outside `valid_masks` (stem -> file)."""
     images, masks, full = [], [], []
     for pair in pairs:
         if pair.mask is None:
             raise BadInputError(f"{pair.image}: no mask found for this image")
         image_u8 = load_image(pair.image, channels).image_u8
-        mask = load_mask(pair.mask, encoding)
+        mask = remap_ignored(load_mask(pair.mask, encoding), ignore_index)
         if mask.shape != image_u8.shape[:2]:
             raise BadInputError(
                 f"{pair.mask}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
                 f"{pair.image.name} is {image_u8.shape[0]}x{image_u8.shape[1]}; expected the "
                 "same height and width"
             )
-        images.append(resize_u8(image_u8, image_size))
-        masks.append(resize_u8(mask, image_size, nearest=True))
+        if valid_masks is not None:
+            inside = load_valid(valid_masks[pair.stem], mask.shape)
+            mask = np.where(inside, mask, np.uint8(IGNORE_INDEX)).astype(np.uint8)
+        if image_size is None:
+            images.append(image_u8)
+            masks.append(mask)
+        else:
+            images.append(resize_u8(image_u8, image_size))
+            masks.append(resize_u8(mask, image_size, nearest=True))
         full.append(mask)
-    return SegmentationArrays(
-        [p.stem for p in pairs], np.stack(images), np.stack(masks), full
-    )
+    if image_size is None:
+        return SegmentationArrays([p.stem for p in pairs], images, masks, full)
+    return SegmentationArrays([p.stem for p in pairs], np.stack(images), np.stack(masks), full)
 
 
 @dataclass(frozen=True)
@@ -89,17 +181,24 @@ class Augment:
 
     hflip: bool = True
     vflip: bool = False
-    max_zoom: float = 1.25  # random scale in [1, max_zoom], then a random crop back
+    max_zoom: float = 1.25  # random scale-crop: scale in [1, max_zoom], then a random crop
     jitter: float = 0.1  # brightness and contrast, +- this fraction (image only)
+    saturation: float = 0.0  # colour saturation, +- this fraction (RGB images only)
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {
+            "hflip": self.hflip,
+            "vflip": self.vflip,
+            "max_zoom": self.max_zoom,
+            "jitter": self.jitter,
+            "saturation": self.saturation,
+        }
 
     def apply(
         self, image_u8: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         height, width = mask.shape
-        if self.hflip and rng.random() < 0.5:
-            image_u8, mask = image_u8[:, ::-1], mask[:, ::-1]
-        if self.vflip and rng.random() < 0.5:
-            image_u8, mask = image_u8[::-1], mask[::-1]
+        image_u8, mask = self._flip(image_u8, mask, rng)
         if self.max_zoom > 1.0:
             zoom = rng.uniform(1.0, self.max_zoom)
             big = (round(height * zoom), round(width * zoom))
@@ -110,19 +209,61 @@ class Augment:
                 left = int(rng.integers(0, big[1] - width + 1))
                 image_u8 = image_u8[top : top + height, left : left + width]
                 mask = mask[top : top + height, left : left + width]
+        return self._colour(image_u8, rng), np.ascontiguousarray(mask)
+
+    def crop(
+        self,
+        image_u8: np.ndarray,
+        mask: np.ndarray,
+        size: tuple[int, int],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A random `size` crop at native scale (zoomed in by up to max_zoom: a smaller
+        window resized up), then the flips and colour changes of `apply`."""
+        height, width = size
+        zoom = rng.uniform(1.0, self.max_zoom) if self.max_zoom > 1.0 else 1.0
+        win_h = min(mask.shape[0], max(1, round(height / zoom)))
+        win_w = min(mask.shape[1], max(1, round(width / zoom)))
+        top = int(rng.integers(0, mask.shape[0] - win_h + 1))
+        left = int(rng.integers(0, mask.shape[1] - win_w + 1))
+        image_u8 = image_u8[top : top + win_h, left : left + win_w]
+        mask = mask[top : top + win_h, left : left + win_w]
+        if (win_h, win_w) != size:
+            image_u8 = resize_u8(np.ascontiguousarray(image_u8), size)
+            mask = resize_u8(np.ascontiguousarray(mask), size, nearest=True)
+        image_u8, mask = self._flip(image_u8, mask, rng)
+        return self._colour(image_u8, rng), np.ascontiguousarray(mask)
+
+    def _flip(
+        self, image_u8: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.hflip and rng.random() < 0.5:
+            image_u8, mask = image_u8[:, ::-1], mask[:, ::-1]
+        if self.vflip and rng.random() < 0.5:
+            image_u8, mask = image_u8[::-1], mask[::-1]
+        return image_u8, mask
+
+    def _colour(self, image_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.jitter <= 0 and (self.saturation <= 0 or image_u8.shape[-1] != 3):
+            return np.ascontiguousarray(image_u8)
+        pixels = image_u8.astype(np.float32)
         if self.jitter > 0:
             gain = rng.uniform(1 - self.jitter, 1 + self.jitter)  # contrast
             shift = rng.uniform(-self.jitter, self.jitter) * 255  # brightness
-            pixels = image_u8.astype(np.float32)
             mean = pixels.mean()
             pixels = (pixels - mean) * gain + mean + shift
-            image_u8 = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(image_u8), np.ascontiguousarray(mask)
+        if self.saturation > 0 and pixels.shape[-1] == 3:
+            grey = pixels @ np.array([0.299, 0.587, 0.114], np.float32)
+            factor = rng.uniform(1 - self.saturation, 1 + self.saturation)
+            pixels = grey[..., None] + (pixels - grey[..., None]) * factor
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 class SegmentationBatches(keras.utils.PyDataset):
-    """Batches of (scaled float32 images (N, H, W, C), int32 masks (N, H, W)).
+    """Batches of (model-scaled float32 images (N, H, W, C), int32 masks (N, H, W)).
 
+    Images are scaled by `preprocessing` (ModelInfo.preprocessing: the runtime's own
+    scaling). With `crop`, each image contributes a random crop of that size at native scale.
     Deterministic: batch `i` of epoch `e` depends only on (seed, e, i). `repeats` makes an
     epoch pass over small data sets several times (each pass differently augmented).
     """
@@ -131,22 +272,22 @@ class SegmentationBatches(keras.utils.PyDataset):
         self,
         arrays: SegmentationArrays,
         batch_size: int,
-        pixel_scale: float,
-        pixel_offset: float,
+        preprocessing: Preprocessing,
         augment: Augment | None = None,
         seed: int = 0,
         shuffle: bool = True,
         repeats: int = 1,
+        crop: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.arrays = arrays
         self.batch_size = batch_size
-        self.pixel_scale = np.float32(pixel_scale)
-        self.pixel_offset = np.float32(pixel_offset)
+        self.preprocessing = preprocessing
         self.augment = augment
         self.seed = seed
         self.shuffle = shuffle
         self.repeats = max(1, repeats)
+        self.crop = crop
         self.epoch = 0
         self._order = self._make_order()
 
@@ -173,17 +314,29 @@ class SegmentationBatches(keras.utils.PyDataset):
         images, masks = [], []
         for i in picks:
             image_u8, mask = self.arrays.images_u8[i], self.arrays.masks[i]
-            if self.augment is not None:
+            if self.crop is not None:
+                image_u8, mask = (self.augment or Augment(False, False, 1.0, 0.0)).crop(
+                    image_u8, mask, self.crop, rng
+                )
+            elif self.augment is not None:
                 image_u8, mask = self.augment.apply(image_u8, mask, rng)
             images.append(image_u8)
             masks.append(mask)
-        batch = np.stack(images).astype(np.float32) * self.pixel_scale + self.pixel_offset
+        batch = self.preprocessing.to_model(np.stack(images))
         return batch, np.stack(masks).astype(np.int32)
 
 
-def scale_images(images_u8: np.ndarray, pixel_scale: float, pixel_offset: float) -> np.ndarray:
-    """uint8 images -> model values, as segen_edge.images.preprocess scales them."""
-    return images_u8.astype(np.float32) * np.float32(pixel_scale) + np.float32(pixel_offset)
+def scale_images(
+    images_u8: np.ndarray, preprocessing: Preprocessing | float, pixel_offset: float = 0.0
+) -> np.ndarray:
+    """uint8 (N, H, W, C) images -> model values, as the runtime scales them: through a
+    Preprocessing object, or by one pixel_scale and pixel_offset for every channel."""
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing.to_model(images_u8)
+    channels = images_u8.shape[-1]
+    return Preprocessing(
+        "NHWC", channels, (float(preprocessing),) * channels, (float(pixel_offset),) * channels
+    ).to_model(images_u8)
 
 
 # -- GAN data ----------------------------------------------------------------------------
@@ -249,7 +402,15 @@ class GanData:
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 MNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 FASHION_NAMES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
     "ankle-boot",
 )
 
@@ -275,8 +436,7 @@ def load_gan_data(
         test_images = test_labels = None
         test_path, test_labels_path = (_find_idx(folder, n) for n in MNIST_TEST_FILES)
         if test_path is not None and test_labels_path is not None:
-            test_images = _to_channels(fit_images(read_idx(test_path)[..., None], image_size),
-                                       channels)
+            test_images = _to_channels(fit_images(read_idx(test_path)[..., None], image_size), channels)
             test_labels = read_idx(test_labels_path).astype(np.int64)
         if limit:
             images = images[:limit]
@@ -284,8 +444,12 @@ def load_gan_data(
         fashion = "fashion" in folder.resolve().name.lower()
         names = FASHION_NAMES if fashion else tuple(str(i) for i in range(10))
         return GanData(
-            folder.resolve().name, _to_channels(fit_images(images, image_size), channels),
-            labels, names, test_images, test_labels,
+            folder.resolve().name,
+            _to_channels(fit_images(images, image_size), channels),
+            labels,
+            names,
+            test_images,
+            test_labels,
         )
     return _load_image_folder(folder, image_size, channels, limit)
 
@@ -296,9 +460,7 @@ def _to_channels(images_u8: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3:
         return np.repeat(images_u8, 3, axis=-1)
     weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.clip(np.rint(images_u8.astype(np.float32) @ weights), 0, 255).astype(np.uint8)[
-        ..., None
-    ]
+    return np.clip(np.rint(images_u8.astype(np.float32) @ weights), 0, 255).astype(np.uint8)[..., None]
 
 
 def _load_image_folder(
@@ -317,12 +479,8 @@ def _load_image_folder(
     for source in sources:
         image_u8 = load_image(source.path, channels).image_u8
         images.append(resize_u8(image_u8, image_size))
-    labels = (
-        np.array([groups.index(s.rel.parts[0]) for s in sources], dtype=np.int64)
-        if labelled else None
-    )
-    return GanData(folder.resolve().name, np.stack(images), labels,
-                   tuple(groups) if labelled else ())
+    labels = np.array([groups.index(s.rel.parts[0]) for s in sources], dtype=np.int64) if labelled else None
+    return GanData(folder.resolve().name, np.stack(images), labels, tuple(groups) if labelled else ())
 
 
 def save_grid(path: str | Path, images_u8: np.ndarray, columns: int = 8) -> None:
@@ -334,8 +492,5 @@ def save_grid(path: str | Path, images_u8: np.ndarray, columns: int = 8) -> None
     grid = np.zeros((rows * (h + 1) + 1, columns * (w + 1) + 1, c), dtype=np.uint8)
     for i, image in enumerate(images_u8):
         r, col = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = (
-            image
-        )
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = image
     save_image(path, grid if c == 3 else grid[:, :, :1])
-

@@ -14,8 +14,8 @@ import numpy as np
 from segen_edge.errors import BadInputError
 from segen_edge.metadata import ModelInfo
 
+from .callbacks import linear_decay
 from .data import GanData, load_gan_data, save_grid, scale_images
-from .metrics import linear_decay
 from .models.dcgan import (
     GAN,
     PIXEL_OFFSET,
@@ -61,8 +61,15 @@ class GanMonitor(keras.callbacks.Callback):
     generator by Frechet distance to generator.keras / discriminator.keras, the last ones
     and state.json for --resume."""
 
-    def __init__(self, run_dir: Path, scorer: QualityScorer | None, latent_size: int,
-                 samples: int, seed: int, state: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        scorer: QualityScorer | None,
+        latent_size: int,
+        samples: int,
+        seed: int,
+        state: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.scorer = scorer
@@ -88,8 +95,9 @@ class GanMonitor(keras.callbacks.Callback):
         if gan.ema_generator is not None:
             sampler = gan.ema_generator
             recalibrate_batchnorm(sampler, self.calibration_latents)
-        save_grid(self.run_dir / "samples" / f"epoch-{epoch + 1:03d}.png",
-                  generate_u8(sampler, self.grid_latents))
+        save_grid(
+            self.run_dir / "samples" / f"epoch-{epoch + 1:03d}.png", generate_u8(sampler, self.grid_latents)
+        )
         quality: dict[str, Any] = {}
         value = -float(epoch)  # without a scorer the latest generator counts as best
         if self.scorer is not None:
@@ -109,17 +117,27 @@ class GanMonitor(keras.callbacks.Callback):
             save_model(gan.ema_generator, self.run_dir / "last-ema-generator.keras")
         save_model(gan.discriminator, self.run_dir / "last-discriminator.keras")
         seconds = self.train_seconds + time.monotonic() - self._started
-        write_json(self.run_dir / STATE, {
-            "epochs_run": self.epochs_run, "best": self.best, "best_epoch": self.best_epoch,
-            "best_quality": self.best_quality, "train_seconds": round(seconds, 1),
-            "commands": self.commands, "classifier": self.classifier,
-        })
+        write_json(
+            self.run_dir / STATE,
+            {
+                "epochs_run": self.epochs_run,
+                "best": self.best,
+                "best_epoch": self.best_epoch,
+                "best_quality": self.best_quality,
+                "train_seconds": round(seconds, 1),
+                "commands": self.commands,
+                "classifier": self.classifier,
+            },
+        )
         if quality:
-            print(f"epoch {epoch + 1}: confident {quality['confident_fraction']:.3f}, "
-                  f"min class coverage {quality['min_class_coverage']:.3f}, Frechet "
-                  f"{quality['frechet_distance']:.3f} (floor "
-                  f"{quality['frechet_floor_real_vs_real']:.3f})"
-                  f"{' (best)' if improved else ''}", flush=True)
+            print(
+                f"epoch {epoch + 1}: confident {quality['confident_fraction']:.3f}, "
+                f"min class coverage {quality['min_class_coverage']:.3f}, Frechet "
+                f"{quality['frechet_distance']:.3f} (floor "
+                f"{quality['frechet_floor_real_vs_real']:.3f})"
+                f"{' (best)' if improved else ''}",
+                flush=True,
+            )
 
 
 def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -127,31 +145,39 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     run_dir = Path(args.out)
     height, width = args.image_size
     if height != width:
-        raise BadInputError(f"dcgan: image size {height}x{width}; expected a square 32 32 or "
-                            "64 64")
+        raise BadInputError(f"dcgan: image size {height}x{width}; expected a square 32 32 or 64 64")
     if not 0 <= args.lr_decay_epochs <= args.epochs:
-        raise BadInputError(f"dcgan: --lr-decay-epochs {args.lr_decay_epochs} with --epochs "
-                            f"{args.epochs}; expected 0 (no decay) up to the number of epochs")
+        raise BadInputError(
+            f"dcgan: --lr-decay-epochs {args.lr_decay_epochs} with --epochs "
+            f"{args.epochs}; expected 0 (no decay) up to the number of epochs"
+        )
     state: dict[str, Any] = {}
     if args.resume:
         if not (run_dir / STATE).is_file() or not (run_dir / "last-generator.keras").is_file():
-            raise BadInputError(f"{run_dir}: nothing to resume (no {STATE} or "
-                                "last-generator.keras); start the run without --resume")
+            raise BadInputError(
+                f"{run_dir}: nothing to resume (no {STATE} or "
+                "last-generator.keras); start the run without --resume"
+            )
         state = read_json(run_dir / STATE)
     elif (run_dir / "generator.keras").exists() and not args.overwrite:
-        raise BadInputError(f"{run_dir}: already holds a trained generator; pass --resume to "
-                            "continue it, --overwrite to start again, or another --out")
+        raise BadInputError(
+            f"{run_dir}: already holds a trained generator; pass --resume to "
+            "continue it, --overwrite to start again, or another --out"
+        )
     keras.utils.set_random_seed(args.seed)
     data: GanData = load_gan_data(args.data, (height, width), args.channels, args.limit)
-    print(f"data: {len(data.images_u8)} real {height}x{width}x{args.channels} images from "
-          f"{args.data}", flush=True)
+    print(
+        f"data: {len(data.images_u8)} real {height}x{width}x{args.channels} images from {args.data}",
+        flush=True,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     scorer = None
     classifier_cache = Path(args.classifier_cache or run_dir).resolve()
     if data.labels is not None:
         own_cache = classifier_cache == run_dir.resolve()  # --overwrite starts it afresh too
-        scorer = QualityScorer.load_or_train(classifier_cache, data, args.seed, args.samples,
-                                             replace=own_cache and args.overwrite)
+        scorer = QualityScorer.load_or_train(
+            classifier_cache, data, args.seed, args.samples, replace=own_cache and args.overwrite
+        )
     else:
         print("quality: no class labels, so no quality score (sample grids only)", flush=True)
 
@@ -161,18 +187,27 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
         ema_generator = keras.models.load_model(ema_path) if ema_path.is_file() else None
         discriminator = keras.models.load_model(run_dir / "last-discriminator.keras")
         initial_epoch = int(state["epochs_run"])
-        print(f"resuming {run_dir} after epoch {initial_epoch} (optimizer state restarts)",
-              flush=True)
+        print(f"resuming {run_dir} after epoch {initial_epoch} (optimizer state restarts)", flush=True)
     else:
-        generator = build_generator(args.latent_size, height, args.channels, args.filters,
-                                    codes=args.codes)
-        discriminator = build_discriminator(height, args.channels, args.d_filters,
-                                            batchnorm=args.d_norm == "batch",
-                                            dropout=args.d_dropout, codes=args.codes)
+        generator = build_generator(args.latent_size, height, args.channels, args.filters, codes=args.codes)
+        discriminator = build_discriminator(
+            height,
+            args.channels,
+            args.d_filters,
+            batchnorm=args.d_norm == "batch",
+            dropout=args.d_dropout,
+            codes=args.codes,
+        )
         ema_generator = None
         initial_epoch = 0
-    gan = GAN(generator, discriminator, seed=args.seed, ema_decay=args.ema,
-              ema_generator=ema_generator, info_weight=args.info_weight)
+    gan = GAN(
+        generator,
+        discriminator,
+        seed=args.seed,
+        ema_decay=args.ema,
+        ema_generator=ema_generator,
+        info_weight=args.info_weight,
+    )
     gan.compile(
         d_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
         g_optimizer=keras.optimizers.Adam(args.lr, beta_1=0.5),
@@ -181,18 +216,32 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
     monitor = GanMonitor(run_dir, scorer, args.latent_size, args.samples, args.seed, state)
     monitor.commands.append(command)
     real = scale_images(data.images_u8, PIXEL_SCALE, PIXEL_OFFSET)
-    callbacks = [GanLearningRate(linear_decay(args.lr, args.epochs, args.lr_decay_epochs)),
-                 monitor, keras.callbacks.CSVLogger(str(run_dir / "log.csv"),
-                                                    append=bool(state))]
+    callbacks = [
+        GanLearningRate(linear_decay(args.lr, args.epochs, args.lr_decay_epochs)),
+        monitor,
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=bool(state)),
+    ]
     if initial_epoch < args.epochs:
-        gan.fit(real, batch_size=args.batch_size, epochs=args.epochs, initial_epoch=initial_epoch,
-                shuffle=True, callbacks=callbacks, verbose=args.verbose)
-    seconds = read_json(run_dir / STATE).get("train_seconds") if (run_dir / STATE).is_file() \
-        else None
+        gan.fit(
+            real,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            initial_epoch=initial_epoch,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=args.verbose,
+        )
+    seconds = read_json(run_dir / STATE).get("train_seconds") if (run_dir / STATE).is_file() else None
     info = ModelInfo(
-        task="generate", arch="dcgan", name=args.name or run_dir.name,
-        image_size=(height, width), channels=args.channels, layout="NHWC",
-        pixel_scale=PIXEL_SCALE, pixel_offset=PIXEL_OFFSET, latent_size=args.latent_size,
+        task="generate",
+        arch="dcgan",
+        name=args.name or run_dir.name,
+        image_size=(height, width),
+        channels=args.channels,
+        layout="NHWC",
+        pixel_scale=PIXEL_SCALE,
+        pixel_offset=PIXEL_OFFSET,
+        latent_size=args.latent_size,
         precision="fp32",
         card={
             "dataset": data.name,
@@ -223,6 +272,9 @@ def train_gan(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
     )
     write_json(run_dir / "model_info.json", info.to_dict())
-    print(f"done: best Frechet {monitor.best_quality.get('frechet_distance')} at epoch "
-          f"{monitor.best_epoch}; {run_dir / 'generator.keras'}", flush=True)
+    print(
+        f"done: best Frechet {monitor.best_quality.get('frechet_distance')} at epoch "
+        f"{monitor.best_epoch}; {run_dir / 'generator.keras'}",
+        flush=True,
+    )
     return info.to_dict()

@@ -75,11 +75,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 class QualityScorer:
     """Scores generated uint8 images against the real data its classifier learned."""
 
-    def __init__(self, classifier: keras.Model, reference: np.ndarray, floor: float,
-                 class_names: tuple[str, ...], info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        classifier: keras.Model,
+        reference: np.ndarray,
+        floor: float,
+        class_names: tuple[str, ...],
+        info: dict[str, Any],
+    ) -> None:
         self.classifier = classifier
-        self.features = keras.Model(classifier.input,
-                                    [classifier.get_layer("features").output, classifier.output])
+        self.features = keras.Model(
+            classifier.input, [classifier.get_layer("features").output, classifier.output]
+        )
         self.reference = reference  # features of real images (n, d)
         self.floor = floor
         self.class_names = class_names
@@ -97,15 +104,23 @@ class QualityScorer:
             reference = np.load(cache / REFERENCE)
             info = read_json(cache / CLASSIFIER_INFO)
         except (OSError, ValueError) as exc:
-            raise BadInputError(f"{cache}: no usable quality classifier ({exc}); train one "
-                                "with 'python -m train dcgan'") from None
-        return cls(classifier, reference["features"], float(reference["floor"]),
-                   tuple(info["class_names"]), info)
+            raise BadInputError(
+                f"{cache}: no usable quality classifier ({exc}); train one with 'python -m train dcgan'"
+            ) from None
+        return cls(
+            classifier, reference["features"], float(reference["floor"]), tuple(info["class_names"]), info
+        )
 
     @classmethod
-    def load_or_train(cls, cache_dir: str | Path, data: GanData, seed: int = 0,
-                      samples: int = 1000, epochs: int = 5,
-                      replace: bool = False) -> QualityScorer:
+    def load_or_train(
+        cls,
+        cache_dir: str | Path,
+        data: GanData,
+        seed: int = 0,
+        samples: int = 1000,
+        epochs: int = 5,
+        replace: bool = False,
+    ) -> QualityScorer:
         """Load the cached classifier for this data set, or train and cache it.
 
         A cache of the current version made for other data or settings is refused, not
@@ -118,12 +133,20 @@ class QualityScorer:
         if (cache / CLASSIFIER_INFO).is_file():
             info = read_json(cache / CLASSIFIER_INFO)
             if info.get("version", 1) == CLASSIFIER_VERSION:
-                wanted = {"dataset": data.name, "image_size": list(size), "channels": channels,
-                          "samples": samples, "epochs": epochs,
-                          "train_count": len(data.images_u8)}
+                wanted = {
+                    "dataset": data.name,
+                    "image_size": list(size),
+                    "channels": channels,
+                    "samples": samples,
+                    "epochs": epochs,
+                    "train_count": len(data.images_u8),
+                }
                 # train_count is missing from caches written before it was recorded
-                differs = [f"{key} {info[key]} (this run: {value})"
-                           for key, value in wanted.items() if key in info and info[key] != value]
+                differs = [
+                    f"{key} {info[key]} (this run: {value})"
+                    for key, value in wanted.items()
+                    if key in info and info[key] != value
+                ]
                 if not differs:
                     return cls.load(cache)
                 if not replace:
@@ -133,8 +156,10 @@ class QualityScorer:
                         f"{cache / CLASSIFIER_INFO} to train a new one there"
                     )
         if data.labels is None:
-            raise BadInputError(f"{data.name}: the quality score needs class labels (MNIST "
-                                "label files, or one subfolder per class)")
+            raise BadInputError(
+                f"{data.name}: the quality score needs class labels (MNIST "
+                "label files, or one subfolder per class)"
+            )
         num_classes = int(data.labels.max()) + 1
         keras.utils.set_random_seed(seed)
         classifier = build_classifier(size, channels, num_classes)
@@ -161,23 +186,33 @@ class QualityScorer:
         class_names = tuple(data.class_names or [str(i) for i in range(num_classes)])
         scorer = cls(classifier, feats_a, floor, class_names, {})
         blends = blend_confidence(scorer.probabilities, real_u8, real_labels, seed)
-        scorer.info.update({
-            "dataset": data.name, "image_size": list(size), "channels": channels,
-            "samples": samples, "train_count": len(data.images_u8),
-            "class_names": list(class_names),
-            "real_accuracy": round(accuracy, 4),
-            "real_confident_fraction": round(real_confident, 4),
-            "blend_confident_fraction": round(blends, 4),
-            "epochs": epochs, "seed": seed, "version": CLASSIFIER_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        scorer.info.update(
+            {
+                "dataset": data.name,
+                "image_size": list(size),
+                "channels": channels,
+                "samples": samples,
+                "train_count": len(data.images_u8),
+                "class_names": list(class_names),
+                "real_accuracy": round(accuracy, 4),
+                "real_confident_fraction": round(real_confident, 4),
+                "blend_confident_fraction": round(blends, 4),
+                "epochs": epochs,
+                "seed": seed,
+                "version": CLASSIFIER_VERSION,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        )
         cache.mkdir(parents=True, exist_ok=True)
         save_model(classifier, cache / CLASSIFIER)
         np.savez(cache / REFERENCE, features=feats_a, floor=np.float64(floor))
         write_json(cache / CLASSIFIER_INFO, scorer.info)
-        print(f"quality: classifier accuracy on real images {accuracy:.4f} (confident on "
-              f"{real_confident:.3f}; on 50/50 blends of two classes {blends:.3f}), "
-              f"real-vs-real Frechet floor {floor:.3f}", flush=True)
+        print(
+            f"quality: classifier accuracy on real images {accuracy:.4f} (confident on "
+            f"{real_confident:.3f}; on 50/50 blends of two classes {blends:.3f}), "
+            f"real-vs-real Frechet floor {floor:.3f}",
+            flush=True,
+        )
         return scorer
 
     # -- scoring ------------------------------------------------------------------------
@@ -188,8 +223,9 @@ class QualityScorer:
         if images_u8.ndim == 3:
             images_u8 = images_u8[..., None]
         if images_u8.ndim != 4 or images_u8.dtype != np.uint8:
-            raise BadInputError(f"quality score: got {images_u8.dtype} {images_u8.shape}; "
-                                "expected uint8 images (N, H, W, C)")
+            raise BadInputError(
+                f"quality score: got {images_u8.dtype} {images_u8.shape}; expected uint8 images (N, H, W, C)"
+            )
         feats, probs = self._features_and_probabilities(images_u8)
         classes = probs.argmax(axis=-1)
         coverage = np.bincount(classes, minlength=probs.shape[-1]) / len(classes)
@@ -198,8 +234,9 @@ class QualityScorer:
             "samples": len(images_u8),
             "confident_fraction": round(float((probs.max(axis=-1) >= CONFIDENCE).mean()), 4),
             "confidence_threshold": CONFIDENCE,
-            "class_coverage": {n: round(float(c), 4)
-                               for n, c in zip(self.class_names, coverage, strict=True)},
+            "class_coverage": {
+                n: round(float(c), 4) for n, c in zip(self.class_names, coverage, strict=True)
+            },
             "min_class_coverage": round(float(coverage.min()), 4),
             "frechet_distance": round(fd, 4),
             "frechet_floor_real_vs_real": round(self.floor, 4),
@@ -218,8 +255,13 @@ class QualityScorer:
         return np.asarray(feats, dtype=np.float64), _softmax(np.asarray(logits, dtype=np.float64))
 
 
-def blend_confidence(probabilities: Callable[[np.ndarray], np.ndarray], images_u8: np.ndarray,
-                     labels: np.ndarray, seed: int = 0, pairs: int = 2000) -> float:
+def blend_confidence(
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    images_u8: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    pairs: int = 2000,
+) -> float:
     """Share of 50/50 pixel blends of two images of different classes that `probabilities`
     puts >= CONFIDENCE on one class: how often a judge is sure of what is no clear sample."""
     rng = np.random.default_rng(seed)
@@ -235,8 +277,10 @@ def blend_confidence(probabilities: Callable[[np.ndarray], np.ndarray], images_u
 def _predict(model: keras.Model, x: np.ndarray, batch_size: int = 250) -> tuple[np.ndarray, ...]:
     """Call the model in batches (no tf.function retracing, unlike predict per call); one
     array per model output."""
-    parts = [[keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(model(x[i : i + batch_size]))]
-             for i in range(0, len(x), batch_size)]
+    parts = [
+        [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(model(x[i : i + batch_size]))]
+        for i in range(0, len(x), batch_size)
+    ]
     return tuple(np.concatenate(column) for column in zip(*parts, strict=True))
 
 

@@ -13,35 +13,103 @@ import numpy as np
 
 from segen_edge.errors import BadInputError
 from segen_edge.images import load_image
-from segen_edge.masks import (
-    IGNORE_INDEX,
+from segen_edge.masks import Pair, find_pairs
+from segen_edge.metadata import ModelInfo, Preprocessing
+from segen_edge.metrics import IGNORE_INDEX
+
+from .callbacks import (
+    Predictions,
+    SegmentationValidator,
+    cosine_schedule,
+    evaluate_segmenter,
+    native_predictions,
+    resized_predictions,
+)
+from .data import (
+    Augment,
+    SegmentationArrays,
+    SegmentationBatches,
+    find_valid_masks,
+    load_segmentation,
+    read_stem_list,
+    scale_images,
+    split_pairs,
+    take_stems,
+)
+from .labels import (
+    check_ignore_indices,
     count_classes,
     default_class_names,
     default_palette,
     detect_encoding,
-    find_pairs,
+    parse_class_weights,
 )
-from segen_edge.metadata import ModelInfo
-
-from .data import Augment, SegmentationBatches, load_segmentation, scale_images, split_pairs
-from .metrics import SegmentationValidator, cosine_schedule
-from .models import build_fcn, build_unet
+from .losses import SegmentationLoss, check_loss
+from .models import build_encoder_unet, build_fcn, build_unet
+from .models.encoders import ENCODERS, check_encoder, resolve_weights
+from .models.unet import check_block
 from .rundir import STATE, read_json, write_json
 
 PIXEL_SCALE = 1.0 / 255.0
 PIXEL_OFFSET = 0.0
+TILE_OVERLAP = 0.25  # recorded for the runtime's tile mode (its default)
 
 
-def build_segmenter(args: argparse.Namespace, num_classes: int, channels: int) -> keras.Model:
-    size = tuple(args.image_size)
+def _encoder(args: argparse.Namespace) -> str:
+    return str(getattr(args, "encoder", "none") or "none").lower()
+
+
+def stride_of(args: argparse.Namespace) -> int:
+    """The network's total downsampling: inputs must be multiples of it."""
+    if args.arch == "unet" and _encoder(args) == "none":
+        return int(2**args.depth)
+    return 32
+
+
+def build_segmenter(
+    args: argparse.Namespace, num_classes: int, channels: int, weights: Path | None = None
+) -> keras.Model:
+    size = tuple(args.crop or args.image_size)
+    any_size = bool(args.crop)
+    block = getattr(args, "block", "plain")
+    if _encoder(args) != "none":
+        return build_encoder_unet(
+            size, num_classes, _encoder(args), weights, args.base_filters, args.dropout, block, any_size
+        )
     if args.arch == "unet":
-        return build_unet(size, num_classes, channels, args.depth, args.base_filters,
-                          args.dropout)
-    return build_fcn(size, num_classes, channels, args.base_filters, args.variant, args.dropout)
+        return build_unet(
+            size, num_classes, channels, args.depth, args.base_filters, args.dropout, block, any_size
+        )
+    return build_fcn(
+        size, num_classes, channels, args.base_filters, args.variant, args.dropout, block, any_size
+    )
 
 
 def _arch_name(args: argparse.Namespace) -> str:
-    return "unet" if args.arch == "unet" else f"fcn{args.variant}"
+    base = "unet" if args.arch == "unet" else f"fcn{args.variant}"
+    return base if _encoder(args) == "none" else f"{base}-{_encoder(args)}"
+
+
+def pixel_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ModelInfo fields that say how pixels become model values: the encoder's own
+    preprocessing (keras.applications' preprocess_input) or 1/255."""
+    if _encoder(args) == "none":
+        return {"pixel_scale": PIXEL_SCALE, "pixel_offset": PIXEL_OFFSET}
+    spec = ENCODERS[_encoder(args)]
+    if spec.mean:
+        return {"mean": spec.mean, "std": spec.std}
+    return {"pixel_scale": spec.scale, "pixel_offset": spec.offset}
+
+
+def preprocessing_of(args: argparse.Namespace, channels: int) -> Preprocessing:
+    fields = pixel_fields(args)
+    if "mean" in fields:
+        scale = tuple(1.0 / (255.0 * s) for s in fields["std"])
+        offset = tuple(-m / s for m, s in zip(fields["mean"], fields["std"], strict=True))
+    else:
+        scale = (fields["pixel_scale"],) * channels
+        offset = (fields["pixel_offset"],) * channels
+    return Preprocessing("NHWC", channels, scale, offset)
 
 
 def _guess_channels(path: Path) -> int:
@@ -52,47 +120,187 @@ def _guess_channels(path: Path) -> int:
     return 1 if grey else 3
 
 
+def check_options(args: argparse.Namespace) -> Path | None:
+    """Everything about the options that can be refused before any data is read; returns
+    the encoder's weights file (None: random initialisation)."""
+    check_loss(args.loss)
+    check_block(args.block)
+    if args.crop is not None and any(v < 1 for v in args.crop):
+        raise BadInputError(f"--crop {args.crop[0]} {args.crop[1]}: expected two sizes >= 1")
+    if _encoder(args) == "none":
+        if str(args.encoder_weights).lower() not in ("none", "imagenet"):
+            raise BadInputError(
+                "--encoder-weights needs an --encoder (mobilenetv2, efficientnetb0 or resnet50)"
+            )
+        return None
+    check_encoder(_encoder(args))
+    if args.arch != "unet":
+        raise BadInputError(
+            f"--encoder {_encoder(args)} builds a U-Net decoder; use 'train unet', not 'train fcn'"
+        )
+    if args.channels == 1:
+        raise BadInputError(
+            f"--encoder {_encoder(args)} takes RGB images; drop --channels 1 "
+            "(grey images are repeated to 3 channels)"
+        )
+    return resolve_weights(_encoder(args), str(args.encoder_weights))
+
+
+def _ignore(args: argparse.Namespace) -> tuple[int, ...]:
+    values = args.ignore_index or [IGNORE_INDEX]
+    return tuple(dict.fromkeys(int(v) for v in values))
+
+
+def split_data(args: argparse.Namespace, pairs: list[Pair]) -> tuple[list[Pair], list[Pair], list[Pair], str]:
+    """(train, val, test, how): the data set's own lists or folder when given, else the
+    seeded random split. Test pairs are kept out of training and validation."""
+    test: list[Pair] = []
+    if args.test_list:
+        test, pairs = take_stems(pairs, read_stem_list(args.test_list, pairs, "--test-list"))
+    if args.val_dir:
+        if args.val_list:
+            raise BadInputError("--val-dir and --val-list both name the validation images; give one of them")
+        val = find_pairs(args.val_dir)
+        return sorted(pairs, key=lambda p: p.stem), val, test, "val-dir"
+    if args.val_list:
+        all_pairs = [*pairs, *test]
+        stems = read_stem_list(args.val_list, all_pairs, "--val-list")
+        clash = sorted(set(stems) & {p.stem for p in test})
+        if clash:
+            raise BadInputError(
+                f"--val-list and --test-list both name {clash[0]!r} "
+                f"({len(clash)} stems); a stem belongs to one split"
+            )
+        val, train = take_stems(pairs, stems)
+        if not train:
+            raise BadInputError(f"--val-list {args.val_list} names every pair; leave some for training")
+        return train, val, test, "val-list"
+    train, val = split_pairs(pairs, args.seed, args.val_fraction, args.val_count)
+    return train, val, test, "random"
+
+
+def _check_crop(crop: tuple[int, int], arrays: SegmentationArrays, pairs: list[Pair]) -> None:
+    for image_u8, pair in zip(arrays.images_u8, pairs, strict=True):
+        if image_u8.shape[0] < crop[0] or image_u8.shape[1] < crop[1]:
+            raise BadInputError(
+                f"{pair.image}: image is {image_u8.shape[0]}x{image_u8.shape[1]}, smaller than "
+                f"--crop {crop[0]} {crop[1]}; use a crop no larger than the smallest image"
+            )
+
+
+def _class_names(args: argparse.Namespace, encoding: str, num_classes: int) -> tuple[str, ...]:
+    if not args.class_names:
+        return default_class_names(encoding, num_classes)
+    names = tuple(args.class_names)
+    if len(names) != num_classes:
+        ignored = ", ".join(str(v) for v in _ignore(args))
+        raise BadInputError(
+            f"--class-names gives {len(names)} names but the masks hold {num_classes} classes "
+            f"(ids 0..{num_classes - 1}, ignoring {ignored}); give one name per class id, or "
+            "--ignore-index for a void label"
+        )
+    return names
+
+
+def _predictions(
+    args: argparse.Namespace, arrays: SegmentationArrays, preprocessing: Preprocessing
+) -> Predictions:
+    if args.crop:
+        return native_predictions(list(arrays.images_u8), arrays.full_masks, preprocessing, stride_of(args))
+    images = scale_images(np.asarray(arrays.images_u8), preprocessing)
+    return resized_predictions(images, arrays.full_masks, args.batch_size)
+
+
+def _calibration(
+    args: argparse.Namespace, train: SegmentationArrays, preprocessing: Preprocessing
+) -> np.ndarray | None:
+    """Unaugmented training images for precise BatchNorm (centre crops when training on
+    crops), or None when --bn-images is 0."""
+    if args.bn_images <= 0:
+        return None
+    picks = np.sort(np.random.default_rng(args.seed).permutation(len(train.stems))[: args.bn_images])
+    if args.crop:
+        h, w = args.crop
+        crops = []
+        for i in picks:
+            image = train.images_u8[i]
+            top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+            crops.append(image[top : top + h, left : left + w])
+        return scale_images(np.stack(crops), preprocessing)
+    return scale_images(np.asarray(train.images_u8)[picks], preprocessing)
+
+
 def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Train per `args` (see train.cli); returns the run's model_info dict."""
+    """Train per `args` (see train.cli); returns the run's model_info dict. Every check of
+    the options and the data runs before the first step, so bad input fails in seconds."""
     run_dir = Path(args.out)
     state: dict[str, Any] = {}
     if args.resume:
         if not (run_dir / STATE).is_file() or not (run_dir / "last.keras").is_file():
-            raise BadInputError(f"{run_dir}: nothing to resume (no {STATE} or last.keras); "
-                                "start the run without --resume")
+            raise BadInputError(
+                f"{run_dir}: nothing to resume (no {STATE} or last.keras); start the run without --resume"
+            )
         state = read_json(run_dir / STATE)
     elif (run_dir / "model.keras").exists() and not args.overwrite:
-        raise BadInputError(f"{run_dir}: already holds a trained model; pass --resume to "
-                            "continue it, --overwrite to start again, or another --out")
+        raise BadInputError(
+            f"{run_dir}: already holds a trained model; pass --resume to "
+            "continue it, --overwrite to start again, or another --out"
+        )
+    weights_file = check_options(args)
     keras.utils.set_random_seed(args.seed)
 
     data_dir = Path(args.data)
-    pairs = find_pairs(data_dir)
+    train_pairs, val_pairs, test_pairs, split = split_data(args, find_pairs(data_dir))
+    if state.get("held_out") and state["held_out"] != [p.stem for p in val_pairs]:
+        raise BadInputError(
+            f"{run_dir}: --resume with another split than the run's; use the "
+            "run's --seed, --val-fraction/--val-count/--val-list and --data"
+        )
+    every = [*train_pairs, *val_pairs, *test_pairs]
     encoding = args.mask_encoding
     if encoding == "auto":
-        encoding = detect_encoding([p.mask for p in pairs if p.mask is not None])
-    channels = args.channels or _guess_channels(pairs[0].image)
-    train_pairs, val_pairs = split_pairs(pairs, args.seed, args.val_fraction, args.val_count)
-    if state.get("held_out") and state["held_out"] != [p.stem for p in val_pairs]:
-        raise BadInputError(f"{run_dir}: --resume with another split than the run's; use the "
-                            "run's --seed, --val-fraction/--val-count and --data")
-    size = tuple(args.image_size)
-    print(f"data: {len(train_pairs)} train / {len(val_pairs)} val pairs from {data_dir}, "
-          f"masks '{encoding}', {channels} channel(s), {size[0]}x{size[1]}", flush=True)
-    train = load_segmentation(train_pairs, size, channels, encoding)
-    val = load_segmentation(val_pairs, size, channels, encoding)
+        encoding = detect_encoding([p.mask for p in every if p.mask is not None])
+    channels = 3 if _encoder(args) != "none" else (args.channels or _guess_channels(train_pairs[0].image))
+    ignore = _ignore(args)
+    valid = find_valid_masks(args.valid_masks, [p.stem for p in every]) if args.valid_masks else None
+    crop = tuple(args.crop) if args.crop else None
+    size = crop or tuple(args.image_size)
+    print(
+        f"data: {len(train_pairs)} train / {len(val_pairs)} val"
+        f"{f' / {len(test_pairs)} test' if test_pairs else ''} pairs from {data_dir} "
+        f"({split} split), masks '{encoding}', {channels} channel(s), "
+        f"{f'crops {size[0]}x{size[1]} at native scale' if crop else f'{size[0]}x{size[1]}'}",
+        flush=True,
+    )
+    load_size = None if crop else (int(size[0]), int(size[1]))
+    train = load_segmentation(train_pairs, load_size, channels, encoding, ignore, valid)
+    val = load_segmentation(val_pairs, load_size, channels, encoding, ignore, valid)
+    if crop:
+        _check_crop((int(crop[0]), int(crop[1])), train, train_pairs)
     num_classes = count_classes([*train.masks, *val.masks], encoding)
-    class_names = tuple(args.class_names) if args.class_names else default_class_names(
-        encoding, num_classes)
-    if len(class_names) != num_classes:
-        raise BadInputError(f"--class-names gives {len(class_names)} names but the masks hold "
-                            f"{num_classes} classes (ids 0..{num_classes - 1})")
+    class_names = _class_names(args, encoding, num_classes)
+    check_ignore_indices(ignore, num_classes, class_names)
+    class_weights = parse_class_weights(args.class_weights, num_classes, train.masks, class_names)
+    if class_weights is not None:
+        print(
+            "class weights: "
+            + ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, class_weights, strict=True)),
+            flush=True,
+        )
+    preprocessing = preprocessing_of(args, channels)
 
-    augment = Augment(hflip=True, vflip=args.vflip, max_zoom=args.max_zoom, jitter=args.jitter)
+    augment = Augment(
+        hflip=args.hflip,
+        vflip=args.vflip,
+        max_zoom=args.max_zoom,
+        jitter=args.jitter,
+        saturation=args.saturation,
+    )
     repeats = args.repeats or max(1, math.ceil(args.min_samples / len(train_pairs)))
-    batches = SegmentationBatches(train, args.batch_size, PIXEL_SCALE, PIXEL_OFFSET, augment,
-                                  args.seed, repeats=repeats)
-    val_images = scale_images(val.images_u8, PIXEL_SCALE, PIXEL_OFFSET)
+    batches = SegmentationBatches(
+        train, args.batch_size, preprocessing, augment, args.seed, repeats=repeats, crop=crop
+    )
+    predictions = _predictions(args, val, preprocessing)
 
     if state:
         model = keras.models.load_model(run_dir / "last.keras")
@@ -100,22 +308,30 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         batches.set_epoch(initial_epoch)
         print(f"resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
-        model = build_segmenter(args, num_classes, channels)
+        model = build_segmenter(args, num_classes, channels, weights_file)
         model.compile(
             optimizer=keras.optimizers.Adam(args.lr),
-            loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, ignore_class=IGNORE_INDEX),
+            loss=SegmentationLoss(
+                num_classes,
+                args.loss,
+                None if class_weights is None else class_weights.tolist(),
+                args.focal_gamma,
+            ),
             jit_compile=False,
         )
         initial_epoch = 0
     run_dir.mkdir(parents=True, exist_ok=True)
     state.setdefault("held_out", [p.stem for p in val_pairs])
     state["commands"] = [*state.get("commands", []), command]  # every invocation
-    picks = np.random.default_rng(args.seed).permutation(len(train.stems))[:args.bn_images]
-    calibration = scale_images(train.images_u8[np.sort(picks)], PIXEL_SCALE, PIXEL_OFFSET)
-    validator = SegmentationValidator(val_images, val.full_masks, class_names, run_dir,
-                                      args.patience, args.batch_size, state,
-                                      calibration if args.bn_images > 0 else None)
+    validator = SegmentationValidator(
+        predictions,
+        class_names,
+        run_dir,
+        args.patience,
+        args.batch_size,
+        state,
+        _calibration(args, train, preprocessing),
+    )
     callbacks = [
         keras.callbacks.LearningRateScheduler(cosine_schedule(args.lr, args.epochs)),
         validator,
@@ -123,29 +339,73 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
     ]
     started = time.monotonic()
     if initial_epoch < args.epochs:
-        model.fit(batches, epochs=args.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=args.verbose)
+        model.fit(
+            batches,
+            epochs=args.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=args.verbose,
+        )
     seconds = time.monotonic() - started + float(state.get("train_seconds", 0.0))
+    test_metrics = _score_test(
+        args, run_dir, test_pairs, channels, encoding, ignore, valid, class_names, preprocessing
+    )
 
+    mode: dict[str, Any] = {"mode": "resize", "stride": stride_of(args)}
+    if crop:
+        mode = {
+            "mode": "tile",
+            "tile_size": (int(crop[0]), int(crop[1])),
+            "overlap": TILE_OVERLAP,
+            "stride": stride_of(args),
+        }
     info = ModelInfo(
-        task="segment", arch=_arch_name(args), name=args.name or run_dir.name,
-        image_size=(int(size[0]), int(size[1])), channels=channels, layout="NHWC",
-        pixel_scale=PIXEL_SCALE, pixel_offset=PIXEL_OFFSET, class_names=class_names,
-        palette=default_palette(num_classes, encoding), precision="fp32",
+        task="segment",
+        arch=_arch_name(args),
+        name=args.name or run_dir.name,
+        image_size=(int(size[0]), int(size[1])),
+        channels=channels,
+        layout="NHWC",
+        class_names=class_names,
+        palette=default_palette(num_classes, encoding),
+        precision="fp32",
+        **pixel_fields(args),
+        **mode,
         card={
             "dataset": data_dir.resolve().name,
             "data": str(data_dir.resolve()),
             "mask_encoding": encoding,
-            "ignore_index": IGNORE_INDEX,
+            "ignore_index": list(ignore),
+            "valid_masks": str(Path(args.valid_masks).resolve()) if args.valid_masks else None,
             "seed": args.seed,
+            "split": split,
+            "val_list": str(Path(args.val_list).resolve()) if args.val_list else None,
+            "val_dir": str(Path(args.val_dir).resolve()) if args.val_dir else None,
             "train_count": len(train_pairs),
             "held_out": [p.stem for p in val_pairs],
+            "test": [p.stem for p in test_pairs],
             "val_metrics": validator.best_metrics,
+            "test_metrics": test_metrics,
             "best_epoch": validator.best_epoch,
             "epochs_run": validator.epochs_run,
             "params": int(model.count_params()),
-            "depth": args.depth if args.arch == "unet" else None,
+            "depth": args.depth if args.arch == "unet" and _encoder(args) == "none" else None,
             "base_filters": args.base_filters,
+            "block": args.block,
+            "encoder": None if _encoder(args) == "none" else _encoder(args),
+            "encoder_weights": (
+                str(weights_file.resolve())
+                if weights_file
+                else (None if _encoder(args) == "none" else "none")
+            ),
+            "loss": args.loss,
+            "focal_gamma": args.focal_gamma if args.loss == "focal" else None,
+            "class_weights_from": args.class_weights.strip().lower()
+            if args.class_weights.strip().lower() in ("auto", "none")
+            else "given",
+            "class_weights": None if class_weights is None else [round(float(w), 6) for w in class_weights],
+            "augment": augment.as_dict(),
+            "crop": list(crop) if crop else None,
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
             "train_seconds": round(seconds, 1),
@@ -159,6 +419,30 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
     state_now["train_seconds"] = round(seconds, 1)
     write_json(run_dir / STATE, state_now)
     metrics = validator.best_metrics
-    print(f"done: best val mIoU {metrics.get('miou')} at epoch {validator.best_epoch}; "
-          f"{run_dir / 'model.keras'}", flush=True)
+    tested = f"; test mIoU {test_metrics.get('miou')}" if test_metrics else ""
+    print(
+        f"done: best val mIoU {metrics.get('miou')} at epoch {validator.best_epoch}{tested}; "
+        f"{run_dir / 'model.keras'}",
+        flush=True,
+    )
     return info.to_dict()
+
+
+def _score_test(
+    args: argparse.Namespace,
+    run_dir: Path,
+    pairs: list[Pair],
+    channels: int,
+    encoding: str,
+    ignore: tuple[int, ...],
+    valid: dict[str, Path] | None,
+    class_names: tuple[str, ...],
+    preprocessing: Preprocessing,
+) -> dict[str, Any] | None:
+    """The best model's metrics on the --test-list pairs (None without them)."""
+    if not pairs or not (run_dir / "model.keras").is_file():
+        return None
+    load_size = None if args.crop else (int(args.image_size[0]), int(args.image_size[1]))
+    arrays = load_segmentation(pairs, load_size, channels, encoding, ignore, valid)
+    best = keras.models.load_model(run_dir / "model.keras", compile=False)
+    return evaluate_segmenter(best, _predictions(args, arrays, preprocessing), class_names)

@@ -62,12 +62,14 @@ class CategoricalCode(layers.Layer):
 
 def code_count(generator: keras.Model) -> int:
     """Categories of the generator's InfoGAN code (0: a plain DCGAN generator)."""
-    return next((layer.categories for layer in generator.layers
-                 if isinstance(layer, CategoricalCode)), 0)
+    return next((layer.categories for layer in generator.layers if isinstance(layer, CategoricalCode)), 0)
 
 
 def build_generator(
-    latent_size: int = 100, image_size: int = 32, channels: int = 1, filters: int = 64,
+    latent_size: int = 100,
+    image_size: int = 32,
+    channels: int = 1,
+    filters: int = 64,
     codes: int = 0,
 ) -> keras.Model:
     """latents (N, latent_size) -> images (N, S, S, channels) in [-1, 1].
@@ -77,8 +79,10 @@ def build_generator(
     """
     n = _upsamplings(image_size)
     if not 0 <= codes < latent_size:
-        raise BadInputError(f"dcgan: {codes} code categories with latent size {latent_size}; "
-                            "expected 0 (none) up to latent size - 1, e.g. --codes 10")
+        raise BadInputError(
+            f"dcgan: {codes} code categories with latent size {latent_size}; "
+            "expected 0 (none) up to latent size - 1, e.g. --codes 10"
+        )
     width = filters * 2 ** (n - 1)
     latents = keras.Input((latent_size,), name="latents")
     x = CategoricalCode(codes, name="categorical_code")(latents) if codes else latents
@@ -88,8 +92,7 @@ def build_generator(
     x = layers.Reshape((4, 4, width), name="to_4x4")(x)
     for i in range(n - 1):
         width //= 2
-        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False,
-                                   name=f"up{i}")(x)
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"up{i}")(x)
         x = layers.BatchNormalization(name=f"up{i}_bn")(x)
         x = layers.ReLU(name=f"up{i}_relu")(x)
     x = layers.Conv2DTranspose(channels, 4, strides=2, padding="same", name="to_image")(x)
@@ -97,9 +100,14 @@ def build_generator(
     return keras.Model(latents, images, name="generator")
 
 
-def build_discriminator(image_size: int = 32, channels: int = 1, filters: int = 64,
-                        batchnorm: bool = True, dropout: float = 0.0,
-                        codes: int = 0) -> keras.Model:
+def build_discriminator(
+    image_size: int = 32,
+    channels: int = 1,
+    filters: int = 64,
+    batchnorm: bool = True,
+    dropout: float = 0.0,
+    codes: int = 0,
+) -> keras.Model:
     """images (N, S, S, channels) in [-1, 1] -> real/fake logit (N, 1), and with `codes` > 0
     also the InfoGAN code's logits (N, codes) from a small head on the same features.
 
@@ -111,8 +119,7 @@ def build_discriminator(image_size: int = 32, channels: int = 1, filters: int = 
     x = images
     for i in range(n):
         norm = batchnorm and i > 0  # BatchNorm's shift replaces the conv's bias
-        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", use_bias=not norm,
-                          name=f"down{i}")(x)
+        x = layers.Conv2D(filters * 2**i, 4, strides=2, padding="same", use_bias=not norm, name=f"down{i}")(x)
         if norm:
             x = layers.BatchNormalization(name=f"down{i}_bn")(x)
         x = layers.LeakyReLU(0.2, name=f"down{i}_lrelu")(x)
@@ -187,8 +194,7 @@ class GAN(keras.Model):
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
-        trackers = [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy,
-                    self.fake_accuracy]
+        trackers = [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy, self.fake_accuracy]
         return trackers + ([self.code_accuracy] if self.codes else [])
 
     def call(self, latents: Any, training: bool = False) -> Any:
@@ -219,8 +225,7 @@ class GAN(keras.Model):
             real_logits, _ = self._discriminate(real_images)
             fake_logits, code_logits = self._discriminate(fake_images)
             code_loss, _ = self._code_loss(latents, code_logits)
-            d_loss = (self.loss_fn(real_targets, real_logits)
-                      + self.loss_fn(fake_targets, fake_logits))
+            d_loss = self.loss_fn(real_targets, real_logits) + self.loss_fn(fake_targets, fake_logits)
             total = d_loss + self.info_weight * code_loss
         grads = tape.gradient(total, self.discriminator.trainable_weights)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights, strict=True))
@@ -234,8 +239,9 @@ class GAN(keras.Model):
         grads = tape.gradient(total, self.generator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
         if self.ema_generator is not None:
-            for average, weight in zip(self.ema_generator.trainable_weights,
-                                       self.generator.trainable_weights, strict=True):
+            for average, weight in zip(
+                self.ema_generator.trainable_weights, self.generator.trainable_weights, strict=True
+            ):
                 average.assign(self.ema_decay * average + (1.0 - self.ema_decay) * weight)
 
         self.d_loss_tracker.update_state(d_loss)
@@ -250,8 +256,7 @@ class GAN(keras.Model):
 def recalibrate_batchnorm(generator: keras.Model, latents: Any) -> None:
     """Set every BatchNorm's moving mean and variance to the statistics of one large batch
     (an averaged generator's weights do not match the moving statistics it inherited)."""
-    norms = [layer for layer in generator.layers
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
     saved = [layer.momentum for layer in norms]
     try:
         for layer in norms:

@@ -14,7 +14,7 @@ from keras import layers
 
 from segen_edge.errors import BadInputError
 
-from .unet import check_input_size
+from .unet import check_block, check_input_size, conv_block, model_input
 
 VARIANTS = ("8s", "32s")
 
@@ -33,11 +33,10 @@ def bilinear_kernel(size: int, channels: int) -> np.ndarray:
     return kernel
 
 
-def _vgg_block(x: keras.KerasTensor, filters: int, convs: int, name: str) -> keras.KerasTensor:
-    for i in range(1, convs + 1):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
-        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+def _vgg_block(
+    x: keras.KerasTensor, filters: int, convs: int, name: str, block: str = "plain"
+) -> keras.KerasTensor:
+    x = conv_block(x, filters, name, block, convs)
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
@@ -57,22 +56,26 @@ def build_fcn(
     base_filters: int = 16,
     variant: str = "8s",
     dropout: float = 0.0,
+    block: str = "plain",
+    any_size: bool = False,
 ) -> keras.Model:
     """FCN-8s or FCN-32s: (N, H, W, channels) float32 -> (N, H, W, num_classes) logits.
 
     H and W must be multiples of 32. Encoder widths are VGG-16's divided by 64 / base_filters
-    (base_filters=64 gives VGG-16's 64-128-256-512-512).
+    (base_filters=64 gives VGG-16's 64-128-256-512-512). `block` and `any_size` as for
+    build_unet.
     """
     if variant not in VARIANTS:
         raise BadInputError(f"fcn: variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    check_block(block)
     check_input_size(image_size, 32, f"fcn{variant}")
     f = base_filters
-    inputs = keras.Input((*image_size, channels), name="image")
-    x = _vgg_block(inputs, f, 2, "block1")
-    x = _vgg_block(x, 2 * f, 2, "block2")
-    pool3 = _vgg_block(x, 4 * f, 3, "block3")  # 1/8
-    pool4 = _vgg_block(pool3, 8 * f, 3, "block4")  # 1/16
-    x = _vgg_block(pool4, 8 * f, 3, "block5")  # 1/32
+    inputs = model_input(image_size, channels, any_size)
+    x = _vgg_block(inputs, f, 2, "block1", block)
+    x = _vgg_block(x, 2 * f, 2, "block2", block)
+    pool3 = _vgg_block(x, 4 * f, 3, "block3", block)  # 1/8
+    pool4 = _vgg_block(pool3, 8 * f, 3, "block4", block)  # 1/16
+    x = _vgg_block(pool4, 8 * f, 3, "block5", block)  # 1/32
     # fc6 / fc7 as convolutions (7x7 in VGG; 3x3 here, the 1/32 maps are small).
     x = layers.Conv2D(16 * f, 3, padding="same", activation="relu", name="fc6")(x)
     if dropout > 0:
@@ -85,10 +88,8 @@ def build_fcn(
         logits = _upsample(scores, num_classes, 32, "upscore32")
     else:
         # Skip scores start at zero, as in the paper, so fusion begins as plain FCN-32s.
-        score_pool4 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros",
-                                    name="score_pool4")(pool4)
-        score_pool3 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros",
-                                    name="score_pool3")(pool3)
+        score_pool4 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_pool4")(pool4)
+        score_pool3 = layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name="score_pool3")(pool3)
         x = _upsample(scores, num_classes, 2, "upscore2")
         x = layers.Add(name="fuse_pool4")([x, score_pool4])
         x = _upsample(x, num_classes, 2, "upscore_pool4")
