@@ -152,8 +152,7 @@ def test_export_measures_what_the_runtime_computes(seg_run: Path, seg_export: Pa
     same = total = 0
     for stem in HELD_OUT:
         image = resize_u8(load_image(data / "images" / f"{stem}.png").image_u8, (SIZE, SIZE))
-        ids = {p: m.predict_batch(m.info.preprocessing.to_model(image[None]))[0]
-               for p, m in models.items()}
+        ids = {p: m.predict_batch(m.info.preprocessing.to_model(image[None]))[0] for p, m in models.items()}
         same += int(np.sum(ids["fp32"] == ids["int8"]))
         total += ids["fp32"].size
     agreement = report["providers"]["cpu"]["precisions"]["int8"]["metrics"]["agreement"]
@@ -289,17 +288,40 @@ def test_generator_with_an_infogan_code_exports_and_matches_keras(tmp_path: Path
 
     keras.utils.set_random_seed(2)
     run_dir = tmp_path / "coded"
-    info = ModelInfo(task="generate", arch="dcgan", name="coded", image_size=(32, 32),
-                     channels=1, pixel_scale=1 / 127.5, pixel_offset=-1.0, latent_size=8)
+    info = ModelInfo(
+        task="generate",
+        arch="dcgan",
+        name="coded",
+        image_size=(32, 32),
+        channels=1,
+        pixel_scale=1 / 127.5,
+        pixel_offset=-1.0,
+        latent_size=8,
+    )
     _write_info(run_dir, info)
     build_generator(8, 32, 1, filters=8, codes=4).save(run_dir / "generator.keras")
-    assert main([str(run_dir), "--precision", "fp32,fp16,int8", "--calib-count", "16",
-                 "--latency-runs", "1", "--eval-limit", "16"]) == 0
+    assert (
+        main(
+            [
+                str(run_dir),
+                "--precision",
+                "fp32,fp16,int8",
+                "--calib-count",
+                "16",
+                "--latency-runs",
+                "1",
+                "--eval-limit",
+                "16",
+            ]
+        )
+        == 0
+    )
     report = json.loads((run_dir / "onnx" / "coded-export.json").read_text())
     rows = {row["precision"]: row for row in report["precisions"]}
     assert rows["fp16"]["mean_abs_diff"] < 1.0 and rows["int8"]["mean_abs_diff"] < 2.55
-    session = ort.InferenceSession(str(run_dir / "onnx" / "coded-fp32.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(run_dir / "onnx" / "coded-fp32.onnx"), providers=["CPUExecutionProvider"]
+    )
     latents = np.zeros((2, 8), np.float32)
     latents[0, 1] = latents[1, 3] = 1.0  # codes 1 and 3, the rest equal
     first, second = session.run(None, {"latents": latents})[0]
