@@ -1,7 +1,8 @@
 """segen-edge against every runtime a user could pick instead, side by side in ONE run.
 
-For each model: Keras fp32, TFLite fp32 and int8, onnxruntime CPU fp32 and int8, OpenVINO
-(the `openvino` package, or the onnxruntime plugin EP when it finds a device), and
+For each model: Keras fp32, TFLite fp32 and int8, onnxruntime CPU fp32 and int8, onnxruntime
+with its OpenVINO EP (onnxruntime-openvino: fp32, int8, and bf16 where the CPU has
+AVX512-BF16 or AMX), OpenVINO's own runtime (the `openvino` package), and
 segen-edge's own engine with `--device auto --precision auto`. Printed per runtime:
 latency p50/p90 at batch 1, throughput at batch 8 (16 for generators), speed-up against
 Keras and against the fastest peer, and agreement with Keras fp32 (the fraction of pixels
@@ -16,7 +17,9 @@ random-weight models of the seed's shapes: U-Net 32-512 filters at 256x256, FCN-
     python benchmarks/peers.py                      # everything (about 10 minutes on 2 cores)
     python benchmarks/peers.py --only seed-unet256 --threads 2 --json peers.json
 
-Needs the train extra (TensorFlow) and, for the OpenVINO row, `pip install openvino`.
+Needs the train extra (TensorFlow); the OpenVINO EP rows need onnxruntime-openvino in place
+of onnxruntime, the OpenVINO rows `pip install openvino`. Rows of engines not installed say
+so on stderr and are left out.
 """
 
 from __future__ import annotations
@@ -123,11 +126,16 @@ def tflite_runner(model: Any, calib: np.ndarray | None, threads: int) -> Engine:
     return Engine(run)
 
 
+def to_model_layout(x: np.ndarray, info: ModelInfo) -> np.ndarray:
+    """NHWC model values (or latents) -> the graph's input layout."""
+    if info.task == "segment" and info.layout == "NCHW":
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def _layout(info: ModelInfo, fn: Callable[[np.ndarray], np.ndarray]) -> Runner:
     """Wrap a model-layout function so it takes and returns NHWC like every other runner."""
-    from export.inference import from_model_layout, to_model_layout
-
-    return lambda x: from_model_layout(fn(to_model_layout(x, info)), info)
+    return lambda x: info.preprocessing.to_nhwc(fn(to_model_layout(x, info)))
 
 
 def ort_runner(path: Path, info: ModelInfo, threads: int) -> Engine:
@@ -136,9 +144,22 @@ def ort_runner(path: Path, info: ModelInfo, threads: int) -> Engine:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return Engine(_layout(info, lambda x: session.run(None, {name: x})[0]))
+
+
+def ort_openvino_runner(path: Path, info: ModelInfo, threads: int, bf16: bool = False) -> Engine | None:
+    """onnxruntime with its OpenVINO EP (onnxruntime-openvino), as segen-edge opens it; None
+    when this onnxruntime has no OpenVINO EP (the cpu extra)."""
+    from segen_edge.session import create_session, openvino_builtin
+
+    if not openvino_builtin():
+        return None
+    loaded = create_session(path, "openvino", threads, bf16=bf16)
+    name = loaded.input_name
+    return Engine(_layout(info, lambda x: loaded.session.run(None, {name: x})[0]))
 
 
 def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Engine | None:
@@ -148,8 +169,6 @@ def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Engine | None:
         import openvino as ov
     except ImportError:
         return None
-    from export.inference import to_model_layout
-
     core = ov.Core()
     model = core.read_model(str(path))
     compiled: dict[tuple[Any, ...], Any] = {}
@@ -178,13 +197,12 @@ def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Engine | None:
 def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
     """segen-edge's engine: one run over every core for latency; for a stream of batches,
     what `segment`/`generate` do (lanes: runs side by side, one thread each, on the CPU)."""
-    from segen_edge.model import open_model
+    from segen_edge.loading import load
     from segen_edge.pipeline import lanes_for
 
-    model = open_model(spec, task, "auto", "auto", threads, warn=lambda _: None)
-    lane_model = open_model(spec, task, "auto", "auto", 1, warn=lambda _: None)
+    model = load(spec, device="auto", precision="auto", threads=threads, task=task)
+    lane_model = load(spec, device="auto", precision="auto", threads=1, task=task)
     lanes = lanes_for(lane_model.provider, 1)
-    from export.inference import to_model_layout
 
     def stream(batches: list[np.ndarray]) -> None:
         inputs = (to_model_layout(x, lane_model.info) for x in batches)
@@ -193,6 +211,12 @@ def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
 
     how = f"{model.provider} {model.info.precision}, {lanes} lane{'s' if lanes > 1 else ''}"
     return Engine(_layout(model.info, model.run), stream), how
+
+
+def bf16_available() -> bool:
+    from segen_edge.session import has_bf16, openvino_builtin
+
+    return openvino_builtin() and has_bf16()
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -235,6 +259,15 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
     runners.append(("onnxruntime fp32", lambda: ort_runner(case.fp32, info, threads)))
     if case.int8 is not None:
         runners.append(("onnxruntime int8", lambda: ort_runner(case.int8, info, threads)))
+    runners.append(("ort+openvino EP fp32", lambda: ort_openvino_runner(case.fp32, info, threads)))
+    if case.int8 is not None:
+        runners.append(("ort+openvino EP int8", lambda: ort_openvino_runner(case.int8, info, threads)))
+    if bf16_available():
+        runners.append(
+            ("ort+openvino EP bf16", lambda: ort_openvino_runner(case.fp32, info, threads, bf16=True))
+        )
+    else:
+        print("  ort+openvino EP bf16: this CPU has no AVX512-BF16/AMX, skipped", file=sys.stderr)
     runners.append(("openvino fp32", lambda: openvino_runner(case.fp32, info, threads)))
     if case.int8 is not None:
         runners.append(("openvino int8", lambda: openvino_runner(case.int8, info, threads)))
