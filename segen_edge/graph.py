@@ -159,10 +159,10 @@ def summarize_file(path: str | Path) -> GraphSummary:
 
 def _summarize(data: bytes, path: str) -> GraphSummary:
     top = _fields(memoryview(data))
-    name, version, graph, opsets = "", "", None, {}
+    producer, version, graph, opsets = "", "", None, {}
     for number, wire, value in top:
         if number == 2 and wire == 2:
-            name = _text(value)
+            producer = _text(value)
         elif number == 3 and wire == 2:
             version = _text(value)
         elif number == 7 and wire == 2:
@@ -170,8 +170,7 @@ def _summarize(data: bytes, path: str) -> GraphSummary:
         elif number == 8 and wire == 2:
             entry = _fields(cast(memoryview, value))
             domain = next((_text(v) for n, w, v in entry if n == 1 and w == 2), "") or "ai.onnx"
-            version = next((cast(int, v) for n, w, v in entry if n == 2 and w == 0), 0)
-            opsets[domain] = version
+            opsets[domain] = next((cast(int, v) for n, w, v in entry if n == 2 and w == 0), 0)
     if graph is None:
         raise ValueError("no graph")
     nodes: list[tuple[str, list[str], list[str]]] = []
@@ -187,8 +186,8 @@ def _summarize(data: bytes, path: str) -> GraphSummary:
         if number == 1:
             nodes.append(_node(view))
         elif number == 5:
-            name, dtype, location = _initializer(view)
-            initializers.add(name)
+            weight, dtype, location = _initializer(view)
+            initializers.add(weight)
             fp16_weights += dtype == 10
             if location:
                 external.append(location)
@@ -206,7 +205,7 @@ def _summarize(data: bytes, path: str) -> GraphSummary:
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         opsets=opsets,
-        producer=f"{name} {version}".strip(),
+        producer=f"{producer} {version}".strip(),
         ops=dict(ops),
         metadata=parse_metadata(data),
         last_op=_last_op(nodes, outputs[0].name if outputs else ""),

@@ -22,6 +22,7 @@ from . import zoo
 from .errors import BadInputError, MetadataError, ModelError
 from .generate import Generator
 from .graph import GraphSummary, infer_description, read_model_bytes, summarize
+from .masks import default_palette
 from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
 from .model import Model
 from .pipeline import cpu_count
@@ -102,7 +103,7 @@ def load(
             f"{label}: asked for precision {precision} but the file holds a {info.precision} model"
         )
     loaded = create_session(data if isinstance(source, bytes) else Path(label), device_, threads=threads)
-    info = _complete(loaded, info, given, label)
+    info = _complete(loaded, info, graph, given, label)
     _check_io(loaded, info, label)
     if info.precision == "int8" and loaded.provider == "cuda":
         log.warning(
@@ -242,10 +243,12 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
             )
         if "class_names" not in overrides:
             count = inferred.get("classes")
-            if count is None:
-                data["class_names"] = ()  # filled in from a probe run once the session exists
+            if count is None:  # provisional: a probe run sets them once the session exists
+                data["class_names"] = ("class0", "class1")
+                data["palette"] = default_palette(2)
             else:
                 data["class_names"] = tuple(f"class{i}" for i in range(count))
+                data["palette"] = default_palette(count)
                 assumed.append(f"classes {', '.join(data['class_names'])}")
     else:
         if "latent_size" not in inferred and "latent_size" not in overrides:
@@ -278,8 +281,6 @@ def _normalise(overrides: Mapping[str, Any], label: str) -> dict[str, Any]:
         if key == "class_names":
             value = tuple(str(v) for v in value)
             if "palette" not in overrides:
-                from .masks import default_palette
-
                 out["palette"] = default_palette(len(value))
         if key == "palette":
             value = tuple(tuple(int(c) for c in colour) for colour in value)
@@ -310,11 +311,16 @@ def _check_class_count(data: Mapping[str, Any], classes: int, label: str) -> Non
         )
 
 
-def _complete(loaded: LoadedSession, info: ModelInfo, overrides: Mapping[str, Any], label: str) -> ModelInfo:
-    """Facts only a run can tell: a bare segmenter's class count when its graph leaves it
-    dynamic (one run on a blank image)."""
-    if info.task != "segment" or info.class_names:
+def _complete(
+    loaded: LoadedSession, info: ModelInfo, graph: GraphSummary, overrides: Mapping[str, Any], label: str
+) -> ModelInfo:
+    """Facts only a run can tell, for a bare segmenter whose graph leaves its class count
+    dynamic: one run on a blank image gives it (names assumed, or the given names checked)."""
+    if info.task != "segment" or any(k.startswith(PREFIX) for k in graph.metadata):
         return info
+    if "classes" in infer_description(graph) or info.output == "ids":
+        return info
+    named = "class_names" in overrides
     shape = (
         (1, info.channels, *info.image_size)
         if info.layout == "NCHW"
@@ -322,17 +328,21 @@ def _complete(loaded: LoadedSession, info: ModelInfo, overrides: Mapping[str, An
     )
     try:
         out = loaded.session.run([loaded.output_name], {loaded.input_name: np.zeros(shape, np.float32)})[0]
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime's own exception types
         raise ModelError(
-            f"{label}: could not run the model on a blank {list(shape)} input ({str(exc)[:160]})"
+            f"{label}: could not run the model on a blank {list(shape)} input ({str(exc).strip()[:160]}); "
+            "check --image-size and --layout"
         ) from None
-    if info.output == "ids" or out.ndim != 4:
+    if out.ndim != 4:
+        if named:
+            return info
         raise MetadataError(f"{label}: the model returns class ids; pass --class-names (one per class)")
     count = int(out.shape[1] if info.layout == "NCHW" else out.shape[3])
+    if named:
+        _check_class_count(info.to_dict(), count, label)
+        return info
     names = tuple(f"class{i}" for i in range(count))
     log.warning("%s: no class names; assumed %s (pass --class-names)", label, ", ".join(names))
-    from .masks import default_palette
-
     return info.replace(class_names=names, palette=default_palette(count))
 
 

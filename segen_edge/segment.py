@@ -7,6 +7,7 @@ tile or native; see tiling.py) -> probabilities -> class ids -> render. The batc
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .images import DEFAULT_MAX_PIXELS, as_image_u8, atomic_write, resize_u8, sa
 from .metadata import ModelInfo
 from .model import Model
 
+log = logging.getLogger("segen_edge")
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
 BLENDS = tiling.BLENDS
 RESIZE_BATCH = 16  # images per run in resize mode when segment() is given a list

@@ -181,6 +181,15 @@ def _argmax_into(probs: np.ndarray, out: np.ndarray) -> None:
         np.maximum(best, plane, out=best)
 
 
+def class_ids(probs: np.ndarray) -> np.ndarray:
+    """argmax over the class axis of (N, K, h, w) probabilities or logits -> (N, h, w)
+    ids (uint8, uint16 beyond 256 classes); the first class wins a tie, as np.argmax."""
+    out = np.empty((probs.shape[0], *probs.shape[2:]), ids_dtype(probs.shape[1]))
+    for i in range(probs.shape[0]):
+        _argmax_into(probs[i], out[i])
+    return out
+
+
 def _to_u8_into(plane: np.ndarray, out: np.ndarray, scale: np.ndarray | float = 1.0) -> None:
     """round(plane * scale * 255) clipped to 0..255, written into uint8 `out`."""
     tmp = np.multiply(plane, np.float32(255.0) * scale, dtype=np.float32)
@@ -416,7 +425,7 @@ def window_weights(length: int, blend: str = "gaussian") -> np.ndarray:
     """The 1-D float32 blend weight over a window side of `length` pixels, max 1, never 0.
 
     gaussian: exp(-d^2 / 2 sigma^2), sigma = length / 8 (nnU-Net, MONAI); linear: a tent,
-    1/length at the outermost pixels; constant: ones. The 2-D weight of a window is the
+    about 1/length at the outermost pixels; constant: ones. The 2-D weight of a window is the
     outer product of its two sides, so the sum over a grid of windows is separable too."""
     _check_blend(blend)
     pos = np.arange(length, dtype=np.float64) + 0.5

@@ -12,7 +12,7 @@ from segen_edge.bench import sample_batch
 from segen_edge.evaluate import evaluate, held_out_pairs
 from segen_edge.generate import Generator
 from segen_edge.metadata import ModelInfo
-from segen_edge.model import open_model
+from segen_edge.loading import load
 from segen_edge.onnxmeta import read_metadata
 from segen_edge.segment import Segmenter
 
@@ -47,7 +47,7 @@ def test_bundled_model_metadata_and_one_run(name: str, precision: str) -> None:
     for key in ("dataset", "command", "export"):
         assert card.get(key), f"{name}: card lacks {key}"
     assert precision in card["export"]["precisions"], f"{name}: no measured figures for {precision}"
-    model = open_model(name, None, "cpu", precision, threads=1)
+    model = load(name, device="cpu", precision=precision, threads=1)
     assert model.info == info
     batch = sample_batch(model, 2)
     if isinstance(model, Segmenter):
@@ -70,7 +70,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pets"
 @pytest.mark.parametrize("precision", BUNDLED["unet-pets"].precisions if "unet-pets" in BUNDLED else [])
 def test_unet_pets_reproduces_its_card_on_the_held_out_split(precision: str) -> None:
     """What `segen-edge evaluate unet-pets --data ../shared/data/pets` prints is the card's mIoU."""
-    model = open_model("unet-pets", "segment", "cpu", precision, threads=2)
+    model = load("unet-pets", task="segment", device="cpu", precision=precision, threads=2)
     assert isinstance(model, Segmenter)
     card = model.info.card
     pairs = held_out_pairs(str(DATA), card["held_out"])

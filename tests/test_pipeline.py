@@ -13,9 +13,9 @@ import pytest
 from conftest import solid
 
 from segen_edge.images import find_images
-from segen_edge.model import open_model
+from segen_edge.loading import load
 from segen_edge.pipeline import cpu_count, lanes_for, ordered_map
-from segen_edge.segment import OutputPlan
+from segen_edge.jobs import generate_files, iter_segment_files
 
 
 def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:
@@ -44,9 +44,8 @@ def test_lanes_only_on_the_cpu_provider() -> None:
 
 
 def _segment(model: Path, folder: Path, out: Path, lanes: int) -> list[tuple[str, str, bytes]]:
-    segmenter = open_model(str(model), "segment", "cpu", threads=1, warn=lambda _: None)
-    plan = OutputPlan(out, ["mask"], [str(folder)])
-    results = segmenter.segment_files(find_images([str(folder)]), plan, batch_size=2, lanes=lanes)
+    segmenter = load(str(model), task="segment", device="cpu", threads=1)
+    results = iter_segment_files(segmenter, [str(folder)], out, batch_size=2, lanes=lanes)
     return [(r.source.path.name, r.status, r.outputs[0].read_bytes() if r.outputs else b"") for r in results]
 
 
@@ -67,9 +66,10 @@ def test_segment_lanes_give_the_same_files_in_input_order(
 
 
 def test_generate_lanes_give_the_same_images(gen_model: Path) -> None:
-    generator = open_model(str(gen_model), "generate", "cpu", threads=1, warn=lambda _: None)
-    one = np.concatenate(list(generator.generate(37, seed=3, batch_size=5, lanes=1)))  # type: ignore[attr-defined]
-    many = np.concatenate(list(generator.generate(37, seed=3, batch_size=5, lanes=3)))  # type: ignore[attr-defined]
+    generator = load(str(gen_model), task="generate", device="cpu", threads=1)
+    one = np.concatenate(list(generator.iter_batches(37, seed=3, batch_size=5, lanes=1)))
+    many = np.concatenate(list(generator.iter_batches(37, seed=3, batch_size=5, lanes=3)))
+    np.testing.assert_array_equal(one, generator.generate(37, seed=3, batch_size=8))
     assert one.shape[0] == 37
     np.testing.assert_array_equal(one, many)
 
@@ -77,17 +77,17 @@ def test_generate_lanes_give_the_same_images(gen_model: Path) -> None:
 def test_generate_files_in_lanes_write_the_same_files_and_keep_existing(
     gen_model: Path, tmp_path: Path
 ) -> None:
-    generator = open_model(str(gen_model), "generate", "cpu", threads=1, warn=lambda _: None)
+    generator = load(str(gen_model), task="generate", device="cpu", threads=1)
     runs = {}
     for lanes in (1, 3):
         out = tmp_path / f"lanes{lanes}"
-        files = list(generator.generate_files(23, 5, out, "g", batch_size=4, lanes=lanes))  # type: ignore[attr-defined]
+        files = list(generate_files(generator, 23, out, seed=5, name="g", batch_size=4, lanes=lanes))
         assert [f.path.name for f in files] == [f"g-s5-{i:05d}.png" for i in range(23)]
         assert all(f.written for f in files)
         runs[lanes] = {p.name: p.read_bytes() for p in out.iterdir()}
     assert runs[1] == runs[3]
     kept = tmp_path / "lanes3" / "g-s5-00007.png"
     kept.write_bytes(b"mine")
-    again = list(generator.generate_files(23, 5, tmp_path / "lanes3", "g", batch_size=4, lanes=3))  # type: ignore[attr-defined]
+    again = list(generate_files(generator, 23, tmp_path / "lanes3", seed=5, name="g", batch_size=4, lanes=3))
     assert [f.written for f in again].count(False) == 23  # all exist: none rewritten
     assert kept.read_bytes() == b"mine"

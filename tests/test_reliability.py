@@ -211,7 +211,7 @@ def test_corrupted_folder(corrupted: Folder, seg_model: Path, tmp_path: Path) ->
         assert mask.shape == size, rel
         if class_id is not None:
             assert (mask == class_id).all(), rel
-        assert entry["size"] == list(size)
+        assert entry["size_hw"] == list(size)
         masks.append(mask_path)
     assert len(set(masks)) == len(masks)  # no two inputs share an output
     for rel in corrupted.bad:
@@ -400,7 +400,7 @@ def _one_error_line(run: Run) -> str:
         ("empty.onnx", "not a valid ONNX model"),
         ("half.onnx", "not a valid ONNX model"),
         ("missing.onnx", "model file not found"),
-        ("fixed32.onnx", "the graph takes input ['N', 32, 32, 3] but its metadata says height 16, width 16"),
+        ("fixed32.onnx", "the graph takes input ['N', 32, 32, 3] (NHWC) but its description says height 16, width 16"),
     ],
 )
 def test_broken_model_is_one_clear_line(
@@ -427,13 +427,13 @@ def test_bare_onnx_lists_what_is_missing_then_runs_with_flags(
     bare = models_dir / "bare-seg.onnx"
     base = ("segment", photo_dir, "-m", bare, "-o", tmp_path / "out", "--device", "cpu")
     line = _one_error_line(segen(*base))
-    assert "no segen.* metadata" in line
-    for flag in ("--image-size", "--pixel-scale", "--class-names"):
-        assert flag in line, line
+    assert "no segen.* metadata" in line and "dynamic" in line and "--image-size" in line, line
     line = _one_error_line(segen(*base, "--class-names", "r,g,b"))
-    assert "segen.image_size" in line and "segen.task" not in line, line  # the verb gives the task
+    assert "--image-size" in line, line  # the graph says the layout; the size it cannot say
     line = _one_error_line(segen(*base, "--image-size", "16", "16", "--class-names", "r,g"))
     assert "outputs 3 classes" in line and "names 2" in line, line
+    assumed = segen(*base, "--image-size", "16", "16")  # classes and scaling assumed, and said
+    assert assumed.code == 0 and "assumed" in assumed.stderr and "class0, class1, class2" in assumed.stderr
 
     run = segen(*base, "--image-size", "16", "16", "--class-names", "r,g,b", "--pixel-scale", "0.00392")
     assert run.code == 0, run.stderr
@@ -451,7 +451,7 @@ def test_generator_given_to_segment_and_segmenter_to_generate(
     bare_gen = models_dir / "bare-gen.onnx"
     args = ("segment", photo_dir, "-m", bare_gen, "-o", tmp_path, "--device", "cpu")
     line = _one_error_line(segen(*args, "--image-size", "16", "16", "--class-names", "a,b,c"))
-    assert "input has shape" in line and "segment" in line, line
+    assert "is a generate model" in line and "segen-edge generate" in line, line  # its rank-2 input says so
     assert not (tmp_path / "g").exists()
 
 

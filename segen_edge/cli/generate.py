@@ -1,0 +1,123 @@
+"""segen-edge generate: seeded latents -> PNG files (and a grid)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..session import Device
+from . import common as c
+
+
+def generate(
+    n: Annotated[int, typer.Option("-n", "--count", min=1, max=10_000_000, help="How many images.")] = 16,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="Same seed, same images (default: random).")
+    ] = None,
+    model: c.ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="Also write all images tiled into one PNG.")
+    ] = None,
+    grid_scale: Annotated[
+        int, typer.Option("--grid-scale", min=1, max=16, help="Enlarge the grid N times (nearest).")
+    ] = 1,
+    code: Annotated[
+        int | None,
+        typer.Option(
+            "--code",
+            min=0,
+            help="Only this category of a model trained with an "
+            "InfoGAN code ('segen-edge info' shows it); unsupervised, not a label.",
+        ),
+    ] = None,
+    list_outputs: Annotated[
+        bool | None, typer.Option("--list/--no-list", help="Print each output path (default: when piped).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=1024)] = 16,
+    device: c.DeviceOpt = Device.auto,
+    precision: c.PrecisionOpt = c.Precision.auto,
+    threads: c.BatchThreadsOpt = None,
+    image_size: c.ImageSizeOpt = None,
+    layout: c.LayoutOpt = None,
+    latent_size: c.LatentSizeOpt = None,
+    pixel_scale: c.PixelScaleOpt = None,
+    pixel_offset: c.PixelOffsetOpt = None,
+    quiet: c.QuietOpt = False,
+    verbose: c.VerboseOpt = False,
+) -> None:
+    """Generate images from seeded latent vectors; write PNGs (and a grid)."""
+    c.setup(quiet, verbose)
+    import numpy as np
+
+    from ..generate import MAX_GRID_PIXELS, Generator, fresh_seed, make_grid
+    from ..images import save_image
+    from ..jobs import generate_files
+    from ..pipeline import batch_threads, lanes_for
+
+    if grid is not None:
+        _check_grid_target(grid, overwrite)
+    overrides = c.description(image_size, layout, pixel_scale, pixel_offset, latent_size=latent_size)
+    generator = c.open_model(model, "generate", device, precision, batch_threads(threads), overrides)
+    assert isinstance(generator, Generator)
+    generator.check_code(code)
+    if grid is not None:
+        cell = (generator.info.height + 2) * (generator.info.width + 2) * grid_scale * grid_scale
+        if n * cell > MAX_GRID_PIXELS:
+            raise typer.BadParameter(
+                f"-n {n} images make a grid of about {n * cell:,} pixels, over {MAX_GRID_PIXELS:,}; "
+                "lower -n or --grid-scale, or leave --grid out",
+                param_hint="--grid",
+            )
+    if seed is None:
+        seed = fresh_seed()
+        c.note(f"segen-edge: seed {seed} (pass --seed {seed} to get the same images again)")
+    show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
+    keep_for_grid = []
+    written = skipped = 0
+    with c.graceful_stop() as stop, c.progress("generate") as bar:
+        task = bar.add_task("generate", total=n)
+        files = generate_files(
+            generator,
+            n,
+            out,
+            seed=seed,
+            code=code,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            lanes=lanes_for(generator.provider, threads),
+            stop=stop,
+        )
+        for count, result in enumerate(files, start=1):
+            stop.announce()
+            if grid is not None:
+                keep_for_grid.append(result.image)
+            if result.written:
+                written += 1
+                if show_paths:
+                    c.emit(c.printable(result.path))
+            else:
+                skipped += 1
+            if count % batch_size == 0 or count == n:
+                bar.update(task, completed=count)
+        interrupted = stop.is_set()
+    if grid is not None and keep_for_grid and not (grid.exists() and not overwrite):
+        save_image(grid, make_grid(np.stack(keep_for_grid), scale=grid_scale))
+        if show_paths:
+            c.emit(c.printable(grid))
+    done = f"{written} written, {skipped} skipped (exist; --overwrite replaces); in {c.printable(out)}"
+    if interrupted:
+        c.stopped(stop, done)
+    c.note(f"segen-edge: {done}")
+
+
+def _check_grid_target(grid: Path, overwrite: bool) -> None:
+    """--grid follows the rule of every output: never replace a file without --overwrite."""
+    if grid.is_dir():
+        raise typer.BadParameter(f"{c.printable(grid)}: is a folder; name a .png file", param_hint="--grid")
+    if grid.exists() and not overwrite:
+        c.note(f"segen-edge: {c.printable(grid)} exists; kept (--overwrite replaces it)")

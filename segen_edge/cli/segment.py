@@ -1,0 +1,175 @@
+"""segen-edge segment: images in, masks (and renderings) out, mirroring the input tree."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import SegenError
+from ..session import Device
+from . import common as c
+
+
+def segment(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
+    model: c.ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
+    save: Annotated[
+        str,
+        typer.Option("--save", help="Comma-separated outputs: mask,color,overlay,cutout,binary,prob."),
+    ] = "mask",
+    keep: Annotated[
+        str | None, typer.Option("--keep", help="Classes kept by cutout and binary, e.g. pet.")
+    ] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Overlay: the mask's weight, 0..1.")] = 0.5,
+    mode: Annotated[
+        c.Mode | None, typer.Option("--mode", help="resize, tile or native (default: how it was trained).")
+    ] = None,
+    overlap: Annotated[
+        float | None, typer.Option("--overlap", help="tile mode: window overlap in [0, 1) (default 0.25).")
+    ] = None,
+    keep_aspect: Annotated[
+        bool | None, typer.Option("--keep-aspect/--squash", help="resize mode: letterbox, or squash.")
+    ] = None,
+    summary: Annotated[
+        Path | None, typer.Option("--summary", help="Write per-image results as JSON to this file.")
+    ] = None,
+    as_json: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            help="The summary as JSON on stdout; --json FILE.json writes it to a file.",
+            show_default=False,
+        ),
+    ] = None,
+    list_outputs: Annotated[
+        bool | None, typer.Option("--list/--no-list", help="Print each output path (default: when piped).")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into folders.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    device: c.DeviceOpt = Device.auto,
+    precision: c.PrecisionOpt = c.Precision.auto,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, max=1024, help="Images (tile mode: windows) per run.")
+    ] = 8,
+    threads: c.BatchThreadsOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, max=64, help="Batches in flight (default: one per core on the CPU)."
+        ),
+    ] = None,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")
+    ] = 120_000_000,
+    image_size: c.ImageSizeOpt = None,
+    layout: c.LayoutOpt = None,
+    pixel_scale: c.PixelScaleOpt = None,
+    pixel_offset: c.PixelOffsetOpt = None,
+    mean: c.MeanOpt = None,
+    std: c.StdOpt = None,
+    class_names: c.ClassNamesOpt = None,
+    output_kind: c.OutputKindOpt = None,
+    quiet: c.QuietOpt = False,
+    verbose: c.VerboseOpt = False,
+) -> None:
+    """Segment images; write class-id masks (and colour masks, overlays, cutouts, ...)."""
+    c.setup(quiet, verbose)
+    from ..jobs import SaveOptions, iter_segment_files
+    from ..pipeline import batch_threads, lanes_for
+    from ..segment import SAVE_KINDS, RunSettings, Segmenter
+
+    kinds = tuple(k.strip() for k in save.split(",") if k.strip())
+    kept = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
+    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    if unknown or not kinds:
+        raise typer.BadParameter(
+            f"{','.join(unknown) or 'nothing'}: expected a comma-separated subset of " + ",".join(SAVE_KINDS),
+            param_hint="--save",
+        )
+    if {"cutout", "binary"} & set(kinds) and not kept:
+        raise typer.BadParameter("cutout and binary need --keep CLASS, e.g. --keep pet", param_hint="--keep")
+    if not 0.0 <= alpha <= 1.0:
+        raise typer.BadParameter(f"{alpha}: expected a number from 0 to 1, e.g. 0.5", param_hint="--alpha")
+    if overlap is not None and not 0.0 <= overlap < 1.0:
+        raise typer.BadParameter(
+            f"{overlap}: expected a fraction in [0, 1), e.g. 0.25", param_hint="--overlap"
+        )
+    overrides = c.description(
+        image_size,
+        layout,
+        pixel_scale,
+        pixel_offset,
+        mean,
+        std,
+        class_names,
+        output_kind,
+        mode=mode.value if mode and mode.value == "native" else None,
+    )
+    segmenter = c.open_model(model, "segment", device, precision, batch_threads(threads), overrides)
+    assert isinstance(segmenter, Segmenter)
+    SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
+    settings = RunSettings(
+        mode=mode.value if mode else None, overlap=overlap, batch_size=batch_size, keep_aspect=keep_aspect
+    )
+    settings = segmenter.settings(**settings.__dict__)
+    show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    entries = []
+    with c.graceful_stop() as stop, c.progress("segment") as bar:
+        task = bar.add_task("segment", total=None)
+        results = iter_segment_files(
+            segmenter,
+            inputs,
+            out,
+            save=kinds,
+            alpha=alpha,
+            keep=kept,
+            recursive=recursive,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            settings=settings,
+            stop=stop,
+            lanes=workers or lanes_for(segmenter.provider, threads),
+            max_pixels=max_pixels,
+        )
+        for result in results:
+            stop.announce()
+            counts[result.status] += 1
+            entries.append(result.to_json())
+            bar.advance(task)
+            if result.status == "failed":
+                c.err(f"error: {result.error}")
+            elif result.status == "ok":
+                if result.note:
+                    c.note(f"{c.printable(result.source.path)}: {result.note}")
+                if show_paths and as_json != "-":
+                    for path in result.outputs:
+                        c.emit(c.printable(path))
+        interrupted = stop.is_set()
+    info = segmenter.info
+    document = {
+        "model": info.name or str(segmenter.path),
+        "precision": info.precision,
+        "provider": segmenter.provider,
+        "mode": settings.mode,
+        "class_names": list(info.class_names),
+        "counts": counts,
+        "interrupted": interrupted,
+        "images": sorted(entries, key=lambda e: e["input"]),
+    }
+    if summary:
+        c.write_json(document, str(summary))
+    if as_json is not None:
+        c.write_json(document, as_json)
+    done = f"{counts['ok']} segmented, {counts['skipped']} skipped (outputs exist), {counts['failed']} failed"
+    if interrupted:
+        c.stopped(stop, f"{done}; outputs in {out}")
+    c.note(f"segen-edge: {done}; outputs in {c.printable(out)}")
+    if counts["failed"]:
+        raise typer.Exit(1)
+    if not any(counts.values()):
+        raise SegenError(f"no images found in {' '.join(inputs)}; pass --recursive for subfolders")
