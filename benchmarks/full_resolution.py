@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -80,14 +79,32 @@ def vm_hwm_mb() -> float:
 
 def mosaic(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     """A (height, width[, 3]) uint8 image made by repeating one picture (mirrored every
-    other copy, so the seams are not sharp edges)."""
+    other copy, so the seams are not sharp edges), filled in place: no temporaries."""
     img = Image.open(path).convert("RGB" if channels == 3 else "L")
     tile = np.asarray(img)
-    pair = np.concatenate([tile, tile[:, ::-1]], axis=1)
-    quad = np.concatenate([pair, pair[::-1]], axis=0)
-    reps = (math.ceil(size[0] / quad.shape[0]), math.ceil(size[1] / quad.shape[1]))
-    out = np.tile(quad, (*reps, 1) if quad.ndim == 3 else reps)[: size[0], : size[1]]
-    return np.ascontiguousarray(out)
+    out = np.empty((*size, *tile.shape[2:]), np.uint8)
+    th, tw = tile.shape[:2]
+    for i, y in enumerate(range(0, size[0], th)):
+        for j, x in enumerate(range(0, size[1], tw)):
+            part = tile[:: -1 if i % 2 else 1, :: -1 if j % 2 else 1]
+            out[y : y + th, x : x + tw] = part[: size[0] - y, : size[1] - x]
+    return out
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def vm_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # -- (a) throughput ------------------------------------------------------------------------
@@ -150,12 +167,16 @@ def throughput(rounds: int, batch: int, overlap: float) -> None:
 
 
 def child(mode: str, size: tuple[int, int], overlap: float, batch: int) -> dict[str, float]:
-    """Runs in its own process: build the image, segment, render; VmHWM at each stage."""
+    """Runs in its own process: build the image, segment, render; peak RSS at each stage,
+    measured from the RSS with the model loaded and the image in memory."""
     session, info = load(PETS)
     predict = make_predictor(runner(session), info)
     photo = sorted((DATA / "pets-full" / "images").glob("*.jpg"))[0]
     image = mosaic(photo, size, info.channels)
-    before = vm_hwm_mb()
+    warm = info.tile if mode == "tile" else info.image_size  # the runtime's own buffers go into base
+    predict(np.zeros((batch if mode == "tile" else 1, *warm, info.channels), np.uint8))
+    base = vm_rss_mb()
+    reset = reset_peak()
     start = time.perf_counter()
     ids, _ = segment_image(
         image,
@@ -173,31 +194,37 @@ def child(mode: str, size: tuple[int, int], overlap: float, batch: int) -> dict[
     del colour
     over = render.overlay(image, ids, palette, 0.5)
     del over
-    fractions = render.fractions(ids, len(info.class_names))
+    render.fractions(ids, len(info.class_names))
     return {
         "image_mb": image.nbytes / 2**20,
-        "hwm_image": before,
+        "ids_mb": ids.nbytes / 2**20,
+        "base": base,
         "hwm_segment": segmented,
         "hwm_render": vm_hwm_mb(),
+        "reset": float(reset),
         "seconds": seconds,
         "windows": tile_grid(size, info.tile, overlap).count if mode == "tile" else 1,
-        "pet_fraction": float(fractions[0]),
     }
 
 
 def memory(cases: list[tuple[str, tuple[int, int]]], overlap: float, batch: int) -> None:
-    print(f"(b/c) unet-pets-int8 (tile = its {PETS.name} input size), image = a pets-full photo repeated; "
-          "VmHWM in MiB, each case in its own process")  # fmt: skip
+    _, info = load(PETS)
+    tile = info.tile
+    print(f"(b/c) unet-pets-int8, tile {tile[0]}x{tile[1]}, overlap {overlap}, batch {batch}; image = a pets-full "
+          "photo repeated; MiB; each case in its own process. base = RSS with the model loaded and run once and "
+          "the image in memory; peaks are VmHWM after resetting it there, as an increase over base; peak = absolute")  # fmt: skip
     print(
-        "    mode    image         MP   image MiB  after decode  +segment  +colour/overlay  seconds  windows"
+        "    mode    image        MP  image   base  +segment (ids)  +colour,overlay   peak  seconds  windows"
     )
     for mode, size in cases:
         cmd = [sys.executable, __file__, "--child", mode, f"{size[1]}x{size[0]}",
                "--overlap", str(overlap), "--batch", str(batch)]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"    {mode:7s} {size[1]:5d}x{size[0]:<5d} {size[0] * size[1] / 1e6:5.1f} {r['image_mb']:9.0f} "
-              f"{r['hwm_image']:12.0f} {r['hwm_segment']:9.0f} {r['hwm_render']:15.0f} {r['seconds']:8.1f} {r['windows']:8d}")  # fmt: skip
+        note = "" if r["reset"] else "  (VmHWM not reset: peaks include building the image)"
+        print(f"    {mode:7s} {size[1]:5d}x{size[0]:<5d} {size[0] * size[1] / 1e6:4.1f} {r['image_mb']:6.0f} {r['base']:6.0f} "
+              f"{r['hwm_segment'] - r['base']:9.0f} ({r['ids_mb']:3.0f}) {r['hwm_render'] - r['base']:16.0f} {r['hwm_render']:6.0f} "
+              f"{r['seconds']:8.1f} {r['windows']:8d}{note}")  # fmt: skip
 
 
 def parse_size(text: str) -> tuple[int, int]:

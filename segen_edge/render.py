@@ -9,9 +9,9 @@ done in one go would make 400 MB temporaries. Only the outputs are full size.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -200,7 +200,7 @@ def probability_planes(probs_u8: np.ndarray, class_names: Sequence[str]) -> dict
 
 
 def write_probabilities(
-    target: str | Path | io.BufferedIOBase | io.BytesIO,
+    target: str | Path | IO[bytes],
     probs_u8: np.ndarray,
     class_names: Sequence[str],
     compress: bool = True,
@@ -215,7 +215,7 @@ def write_probabilities(
         np.savez(target, probs=probs_u8, class_names=names)
 
 
-def read_probabilities(source: str | Path | io.BytesIO) -> tuple[np.ndarray, tuple[str, ...]]:
+def read_probabilities(source: str | Path | IO[bytes]) -> tuple[np.ndarray, tuple[str, ...]]:
     """The (K, H, W) uint8 probabilities and class names of a write_probabilities file."""
     try:
         with np.load(source, allow_pickle=False) as data:
