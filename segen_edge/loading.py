@@ -64,6 +64,8 @@ def load(
     precision: str = "auto",
     threads: int | None = None,
     task: str | None = None,
+    batch_size: int = 1,
+    streams: int | None = None,
     **overrides: Any,
 ) -> Segmenter | Generator:
     """Load a model: a Segmenter or a Generator, by the model's task.
@@ -73,6 +75,11 @@ def load(
     metadata, or replace what it says: image_size=(h, w), layout="NCHW", mean=(...),
     std=(...) or pixel_scale/pixel_offset, class_names=[...], palette=[...],
     latent_size=..., output="logits"|"probs"|"ids", mode="resize"|"tile"|"native", ...
+
+    precision="auto" takes the file the export measured fastest on the provider the device
+    gets, at the measured batch nearest `batch_size`, among those within their accuracy
+    budget there; "bf16" runs the fp32 file in bfloat16 under OpenVINO where the CPU has
+    it. `streams`: OpenVINO streams for batch jobs.
 
     >>> import segen_edge
     >>> with segen_edge.load("unet-pets") as model:
@@ -88,7 +95,7 @@ def load(
             f"load() got unknown description {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
         )
     given = {k: v for k, v in overrides.items() if v is not None}
-    data, label = _read(source, task, precision, device_)
+    data, label, bf16 = _read(source, task, precision, device_, batch_size)
     graph = summarize(data, label)
     info = describe(graph, given, label)
     if task is not None and info.task != task:
@@ -102,7 +109,8 @@ def load(
         raise ModelError(
             f"{label}: asked for precision {precision} but the file holds a {info.precision} model"
         )
-    loaded = create_session(data if isinstance(source, bytes) else Path(label), device_, threads=threads)
+    where = data if isinstance(source, (bytes, bytearray, memoryview)) else Path(label)
+    loaded = create_session(where, device_, threads=threads, streams=streams, bf16=bf16)
     info = _complete(loaded, info, graph, given, label)
     _check_io(loaded, info, label)
     if info.precision == "int8" and loaded.provider == "cuda":
@@ -177,13 +185,15 @@ def probe_provider(device: Device) -> str:
     return device.value
 
 
-def _read(source: Source | None, task: str | None, precision: str, device: Device) -> tuple[bytes, str]:
+def _read(
+    source: Source | None, task: str | None, precision: str, device: Device, batch_size: int
+) -> tuple[bytes, str, bool]:
+    """The model's bytes, a label for messages (its path), and whether to run it in bf16."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>"
+        return bytes(source), "<bytes>", precision == "bf16"
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
-    file_precision = "auto" if precision == "bf16" else precision
-    _, path = ref.pick(file_precision, probe_provider(device))
-    return read_model_bytes(path), str(path)
+    choice = ref.choose(precision, probe_provider(device), batch_size)
+    return read_model_bytes(choice.path), str(choice.path), choice.bf16
 
 
 # -- describing the model ----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -26,6 +27,10 @@ def bench(
     runs: Annotated[int, typer.Option("--runs", min=1, max=100_000)] = 50,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
     threads: c.ThreadsOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Images to measure agreement with fp32 on (default: synthetic input)."),
+    ] = None,
     as_json: Annotated[
         str | None,
         typer.Option(
@@ -51,9 +56,7 @@ def bench(
     """
     c.setup(quiet, verbose)
     from .. import zoo
-    from ..bench import measure
     from ..loading import check_threads
-    from ..pipeline import batch_threads, lanes_for
 
     sizes = _sizes(batch_size)
     check_threads(threads)
@@ -70,22 +73,56 @@ def bench(
             wanted = (ref.precisions or ["auto"]) if precision == "all" else ["auto"]
         else:
             wanted = [p.strip() for p in precision.split(",") if p.strip()]
+        reference = None
+        if "fp32" in ref.files or (ref.explicit is not None and not ref.files):
+            reference = c.open_model(spec, None, Device.cpu, c.Precision.fp32, threads, overrides)
         for prec in wanted:
-            loaded = c.open_model(spec, None, device, c.Precision(prec), threads, overrides)
-            lanes = lanes_for(loaded.provider, None)
-            lane_model = loaded
-            if lanes > 1:
-                lane_model = c.open_model(
-                    spec, None, device, c.Precision(prec), batch_threads(None), overrides
-                )
             for size in sizes:
-                c.note(f"segen-edge: bench {ref.name} {loaded.info.precision} batch {size}")
-                results.append(measure(loaded, size, runs, warmup, lane_model, lanes))
+                results.append(
+                    _one(spec, prec, size, device, threads, overrides, runs, warmup, reference, data)
+                )
     if as_json is not None:
         c.write_json([r.to_json() for r in results], as_json)
         if as_json == "-":
             return
     _render(results)
+
+
+def _one(
+    spec: str,
+    precision: str,
+    size: int,
+    device: Device,
+    threads: int | None,
+    overrides: dict[str, Any],
+    runs: int,
+    warmup: int,
+    reference: Any,
+    data: Path | None,
+) -> Any:
+    """One row: cold start, warm latency, the stream figure and agreement with fp32."""
+    from ..bench import cold_start, measure
+    from ..pipeline import batch_threads, lanes_for
+
+    def opener(threads_per_run: int | None = threads) -> Any:
+        return c.open_model(spec, None, device, c.Precision(precision), threads_per_run, overrides, size)
+
+    model, cold = cold_start(opener, size)
+    lanes = lanes_for(model.provider, None)
+    lane_model = opener(batch_threads(None)) if lanes > 1 else model
+    c.note(f"segen-edge: bench {model.name} {model.info.precision} batch {size}")
+    same = reference is not None and reference.path == model.path and not model.loaded.bf16
+    return measure(
+        model,
+        size,
+        runs,
+        warmup,
+        lane_model,
+        lanes,
+        cold=cold,
+        reference=None if same else reference,
+        data=data,
+    )
 
 
 def _sizes(text: str) -> list[int]:
@@ -100,39 +137,31 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _quality(r: Any) -> str:
+    """Agreement with fp32 beside the speed: pixel agreement, or PSNR for generators."""
+    if r.agreement is not None:
+        return f"{100 * r.agreement:.2f}% ({r.agreement_on})"
+    if r.mse is not None:
+        return "identical" if r.psnr_db is None else f"PSNR {r.psnr_db:.1f} dB ({r.agreement_on})"
+    return "reference"
+
+
 def _render(results: list[Any]) -> None:
     from rich.table import Table
 
     table = Table(title="segen-edge bench")
-    columns = (
-        "model",
-        "precision",
-        "provider",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "mean ms",
-        "std ms",
-        "images/s",
-        "stream/s",
-        "MB",
-    )
+    columns = ("model", "precision", "provider", "batch", "cold ms", "p50 ms", "p90 ms", "p99 ms",
+               "images/s", "stream/s", "vs fp32", "MB")  # fmt: skip
     for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "precision", "provider") else "right")
+        table.add_column(
+            col, justify="left" if col in ("model", "precision", "provider", "vs fp32") else "right"
+        )
     for r in results:
         table.add_row(
-            r.model,
-            r.precision,
-            r.provider,
-            str(r.batch_size),
-            f"{r.p50_ms:.2f}",
-            f"{r.p90_ms:.2f}",
-            f"{r.p99_ms:.2f}",
-            f"{r.mean_ms:.2f}",
-            f"{r.std_ms:.2f}",
-            f"{r.images_per_s:.1f}",
+            r.model, r.precision, r.provider, str(r.batch_size),
+            "-" if r.cold_start_ms is None else f"{r.cold_start_ms:.0f}",
+            f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.images_per_s:.1f}",
             f"{r.stream_images_per_s:.1f}" + (f" ({r.lanes} lanes)" if r.lanes > 1 else ""),
-            f"{r.size_mb:.2f}",
-        )
+            _quality(r), f"{r.size_mb:.2f}",
+        )  # fmt: skip
     c.console().print(table)

@@ -181,12 +181,15 @@ def open_model(
     precision: Precision,
     threads: int | None,
     overrides: dict[str, Any] | None = None,
+    batch_size: int = 1,
 ) -> Model:
+    """load() with the CLI's options; `batch_size` lets precision auto pick for that batch."""
     from ..loading import load
 
     return load(
-        spec, device=device.value, precision=precision.value, threads=threads, task=task, **(overrides or {})
-    )
+        spec, device=device.value, precision=precision.value, threads=threads, task=task,
+        batch_size=batch_size, **(overrides or {}),
+    )  # fmt: skip
 
 
 # -- the console ---------------------------------------------------------------------------------

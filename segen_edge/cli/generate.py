@@ -62,7 +62,10 @@ def generate(
     if grid is not None:
         _check_grid_target(grid, overwrite)
     overrides = c.description(image_size, layout, pixel_scale, pixel_offset, latent_size=latent_size)
-    generator = c.open_model(model, "generate", device, precision, batch_threads(threads), overrides)
+    generator = c.open_model(
+        model, "generate", device, precision, batch_threads(threads), overrides,
+        batch_size,
+    )  # fmt: skip
     assert isinstance(generator, Generator)
     generator.check_code(code)
     if grid is not None:

@@ -109,7 +109,10 @@ def segment(
         output_kind,
         mode=mode.value if mode and mode.value == "native" else None,
     )
-    segmenter = c.open_model(model, "segment", device, precision, batch_threads(threads), overrides)
+    segmenter = c.open_model(
+        model, "segment", device, precision, batch_threads(threads), overrides,
+        batch_size,
+    )  # fmt: skip
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
     settings = RunSettings(
