@@ -328,9 +328,16 @@ def _complete(
     dynamic: one run on a blank image gives it (names assumed, or the given names checked)."""
     if info.task != "segment" or any(k.startswith(PREFIX) for k in graph.metadata):
         return info
-    if "classes" in infer_description(graph) or info.output == "ids":
-        return info
     named = "class_names" in overrides
+    if info.output == "ids":
+        if named:
+            return info
+        raise MetadataError(
+            f"{label}: the model returns class ids, which do not say how many classes there are; "
+            "pass --class-names (one per class)"
+        )
+    if "classes" in infer_description(graph):
+        return info
     shape = (
         (1, info.channels, *info.image_size)
         if info.layout == "NCHW"

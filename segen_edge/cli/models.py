@@ -96,7 +96,7 @@ def info(
     c.setup(quiet, verbose)
     from .. import zoo
     from ..errors import SegenError
-    from ..graph import summarize_file
+    from ..graph import infer_description, summarize_file
     from ..loading import describe
 
     ref = zoo.resolve(model, "segment")
@@ -108,7 +108,11 @@ def info(
     has_meta = any(k.startswith("segen.") for k in graph.metadata)
     verbs: dict[str, str] = {}
     described: dict[str, Any] | None = None
+    inferred = infer_description(graph).get("task")
     for verb in ("segment", "generate"):
+        if not has_meta and inferred and inferred != verb:
+            verbs[verb] = f"no: a {inferred} model (its input is {'an image' if inferred == 'segment' else 'a latent'} batch)"
+            continue
         try:
             found = describe(graph, {"task": verb, **overrides} if not has_meta else overrides, str(path))
         except SegenError as exc:

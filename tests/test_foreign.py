@@ -1,0 +1,211 @@
+"""ONNX files made the way other tools export them, run through the API and the CLI.
+
+Each graph is a per-pixel linear map (a 1x1 convolution), so the expected class of every
+pixel is computed here in numpy from the same weights and the same normalization.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import solid
+from PIL import Image
+from typer.testing import CliRunner
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import segen_edge  # noqa: E402
+from segen_edge import cli  # noqa: E402
+from segen_edge.errors import SegenError  # noqa: E402
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+RNG = np.random.default_rng(7)
+WEIGHTS = RNG.standard_normal((4, 3)).astype(np.float32)  # 4 classes from 3 channels
+BIAS = RNG.standard_normal(4).astype(np.float32)
+
+
+def _save(graph: onnx.GraphProto, path: Path, producer: str) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=producer)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def torchvision_style(path: Path, size: tuple[int, int] | None = None, batch: int | str = "batch") -> Path:
+    """NCHW in, NCHW logits out (Conv 1x1), dynamic or fixed sizes, as torch.onnx.export."""
+    h, w = size or ("height", "width")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, h, w])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 4, h, w])
+    conv = helper.make_node("Conv", ["input", "W", "B"], ["out"])
+    inits = [
+        numpy_helper.from_array(WEIGHTS.reshape(4, 3, 1, 1), "W"),
+        numpy_helper.from_array(BIAS, "B"),
+    ]
+    return _save(helper.make_graph([conv], "torch_jit", [x], [y], inits), path, "pytorch")
+
+
+def keras_style(path: Path) -> Path:
+    """NHWC 32x32 in, NHWC logits out, no segen metadata, as tf2onnx converts a Keras model."""
+    x = helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__1", 32, 32, 3])
+    y = helper.make_tensor_value_info("conv2d", TensorProto.FLOAT, ["unk__1", 32, 32, 4])
+    nodes = [
+        helper.make_node("MatMul", ["input_1", "W"], ["mm"]),
+        helper.make_node("Add", ["mm", "B"], ["conv2d"]),
+    ]
+    inits = [numpy_helper.from_array(WEIGHTS.T.copy(), "W"), numpy_helper.from_array(BIAS, "B")]
+    return _save(helper.make_graph(nodes, "tf2onnx", [x], [y], inits), path, "tf2onnx")
+
+
+def argmax_style(path: Path) -> Path:
+    """NCHW in, class ids (N, H, W) int64 out: a graph that ends in ArgMax."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "height", "width"])
+    nodes = [
+        helper.make_node("Conv", ["input", "W", "B"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["ids"], axis=1, keepdims=0),
+    ]
+    inits = [
+        numpy_helper.from_array(WEIGHTS.reshape(4, 3, 1, 1), "W"),
+        numpy_helper.from_array(BIAS, "B"),
+    ]
+    return _save(helper.make_graph(nodes, "torch_jit", [x], [y], inits), path, "pytorch")
+
+
+def expected_ids(image_u8: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    x = (image_u8.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.argmax(x @ WEIGHTS.T + BIAS, axis=-1)
+
+
+def noise(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3)).astype(np.uint8)
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli.app, list(args))
+    code, stderr = result.exit_code, result.stderr
+    if isinstance(result.exception, SegenError):
+        code, stderr = 1, stderr + f"error: {result.exception}\n"
+    elif result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return code, result.stdout, stderr
+
+
+NAMES = "a,b,c,d"
+
+
+def test_torchvision_nchw_with_mean_std(tmp_path: Path) -> None:
+    model = torchvision_style(tmp_path / "tv.onnx")
+    image = noise((24, 40))
+    seg = segen_edge.load_segmenter(
+        model, image_size=(24, 40), mean=MEAN, std=STD, class_names=NAMES.split(",")
+    )
+    assert seg.info.layout == "NCHW" and seg.info.channels == 3  # read from the graph
+    result = seg.segment(image)
+    np.testing.assert_array_equal(result.ids, expected_ids(image, MEAN, STD))
+    # the CLI, with the same description flags, writes the same class ids
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "in.png")
+    code, _, stderr = run(
+        "segment", str(tmp_path / "in" / "in.png"), "-m", str(model), "-o", str(tmp_path / "out"),
+        "--image-size", "24", "40", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
+        "--class-names", NAMES,
+    )  # fmt: skip
+    assert code == 0, stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "in.png")), result.ids)
+
+
+def test_keras_nhwc_without_metadata_runs_on_what_its_graph_says(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = keras_style(tmp_path / "keras.onnx")
+    seg = segen_edge.load_segmenter(model)
+    assert (seg.info.layout, seg.info.image_size, seg.info.class_names) == (
+        "NHWC",
+        (32, 32),
+        ("class0", "class1", "class2", "class3"),
+    )
+    assert "assumed" in caplog.text and "--mean" in caplog.text  # assumptions are said, not silent
+    image = noise((32, 32), seed=1)
+    np.testing.assert_array_equal(seg.segment(image).ids, expected_ids(image, (0.0,) * 3, (1.0,) * 3))
+    code, stdout, stderr = run("info", str(model), "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["file"]["producer"] == "tf2onnx" and doc["file"]["inputs"][0]["shape"] == ["unk__1", 32, 32, 3]
+    assert doc["segen_keys"] == [] and doc["verbs"]["segment"].startswith("ready")
+    assert doc["verbs"]["generate"].startswith("no: a segment model")
+
+
+def test_graph_ending_in_argmax(tmp_path: Path) -> None:
+    model = argmax_style(tmp_path / "argmax.onnx")
+    with pytest.raises(SegenError, match="--class-names"):
+        segen_edge.load_segmenter(model, image_size=(16, 16))  # ids say no class count
+    seg = segen_edge.load_segmenter(model, image_size=(16, 16), class_names=NAMES.split(","))
+    assert seg.info.output == "ids"  # read from the graph's int64 output
+    image = noise((16, 16), seed=2)
+    result = seg.segment(image, probabilities=True)
+    np.testing.assert_array_equal(result.ids, expected_ids(image, (0.0,) * 3, (1.0,) * 3))
+    assert result.probabilities is not None and set(np.unique(result.probabilities)) <= {0, 255}
+    code, stdout, _ = run("info", str(model))
+    assert code == 0 and "outputs ids" not in stdout and "int64" in stdout
+
+
+def test_fixed_1x3x512x512_graph(tmp_path: Path) -> None:
+    model = torchvision_style(tmp_path / "fixed.onnx", size=(512, 512), batch=1)
+    seg = segen_edge.load_segmenter(model, class_names=NAMES.split(","), mean=MEAN, std=STD)
+    assert seg.info.image_size == (512, 512) and seg.fixed_batch == 1
+    images = [noise((512, 512), seed=s) for s in range(3)]
+    results = seg.segment(images)  # fed one at a time into the batch-1 graph
+    for image, result in zip(images, results, strict=True):
+        np.testing.assert_array_equal(result.ids, expected_ids(image, MEAN, STD))
+    with pytest.raises(SegenError, match="native needs a graph with dynamic height and width"):
+        seg.segment(images[0], mode="native")
+    tiled = seg.segment(noise((700, 600)), mode="tile")  # windows of the graph's own size
+    assert tiled.size == (700, 600)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(images[0]).save(tmp_path / "in" / "big.png")
+    code, _, stderr = run(
+        "segment", str(tmp_path / "in" / "big.png"), "-m", str(model), "-o", str(tmp_path / "o"), "--class-names",
+        NAMES, "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
+    )  # fmt: skip
+    assert code == 0, stderr
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "big.png")), results[0].ids)
+
+
+def test_description_flags_exist_on_every_verb_that_opens_a_model(tmp_path: Path) -> None:
+    model = torchvision_style(tmp_path / "tv.onnx")
+    common = ["--image-size", "8", "8", "--layout", "NCHW", "--class-names", NAMES, "--mean", "0.5,0.5,0.5",
+              "--std", "0.25,0.25,0.25"]  # fmt: skip
+    code, _, stderr = run("bench", "-m", str(model), "-b", "1", "--runs", "2", "--warmup", "0", *common)
+    assert code == 0, stderr
+    code, stdout, stderr = run("info", str(model), *common, "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["description"]["mean"] == [0.5, 0.5, 0.5]
+    solid(tmp_path / "data" / "images" / "x.png", (200, 10, 10), (8, 8))
+    solid(tmp_path / "data" / "masks" / "x.png", (1,), (8, 8), mode="L")
+    code, stdout, stderr = run("evaluate", str(model), "--data", str(tmp_path / "data"), "--split", "all",
+                               "--mask-encoding", "index", *common)  # fmt: skip
+    assert code == 0, stderr
+    assert "miou" in stdout
+
+
+def test_layout_flag_fixes_a_graph_that_does_not_say(tmp_path: Path) -> None:
+    """A graph whose input is (N, ?, ?, ?) says nothing of its layout: --layout decides."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "a", "b", "c"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "a", "b", "c"])
+    path = _save(
+        helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+        tmp_path / "i.onnx",
+        "x",
+    )
+    with pytest.raises(SegenError, match="--layout"):
+        segen_edge.load_segmenter(path, image_size=(8, 8), class_names=["r", "g", "b"])
+    seg = segen_edge.load_segmenter(path, image_size=(8, 8), class_names=["r", "g", "b"], layout="NHWC")
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    assert (seg.segment(red).ids == 0).all()
