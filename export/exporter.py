@@ -8,13 +8,14 @@ measured here for all precisions.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -600,8 +601,7 @@ def _write(
         if not changed:
             break
     for precision, path in targets.items():
-        blob = blobs[precision]
-        atomic_write(path, lambda fh, data=blob: fh.write(data))
+        atomic_write(path, functools.partial(_write_bytes, data=blobs[precision]))
         os.chmod(path, 0o644)  # a model is meant to be read by others (mkstemp made it 0600)
 
 
@@ -609,3 +609,7 @@ def _json(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=2, default=str) + "\n"
+
+
+def _write_bytes(fh: IO[bytes], data: bytes) -> None:
+    fh.write(data)

@@ -246,7 +246,8 @@ def _initializer(view: memoryview) -> tuple[str, int, str]:
 
 
 def _value_info(view: memoryview) -> TensorSpec:
-    name, dtype, shape = "", "unknown", ()
+    name, dtype = "", "unknown"
+    shape: tuple[Dim, ...] = ()
     for number, wire, value in _fields(view):
         if number == 1 and wire == 2:
             name = _text(value)

@@ -315,7 +315,7 @@ def as_image_u8(
     BadInputError that says what arrived and what is expected.
     """
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image, channels, max_pixels).image_u8
+        return load_image(Path(os.fspath(image)), channels, max_pixels).image_u8
     if isinstance(image, Image.Image):
         try:
             return _to_u8(ImageOps.exif_transpose(image), channels)
@@ -392,7 +392,7 @@ class WriteError(SegenError, OSError):
     a SegenError, so elsewhere (--summary, --grid, --json) the CLI prints one line, exit 1."""
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write a file whole or not at all: temporary file beside it, then rename.
 
     Operating-system failures (no such folder, read-only, disk full) raise WriteError.
