@@ -28,7 +28,6 @@ from segen_edge.evaluate import held_out_pairs
 from segen_edge.images import load_image, resize_u8
 from segen_edge.masks import load_mask
 from segen_edge.metrics import score_masks
-from segen_edge.segment import RunSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +48,7 @@ def scores(seg: segen_edge.Segmenter, data: Path, encoding: str) -> dict[str, fl
     for name, predict in ways.items():
         start = time.perf_counter()
 
-        def items(predict=predict):  # noqa: ANN001, ANN202
+        def items(predict=predict):
             for pair in pairs:
                 image = load_image(pair.image, seg.info.channels).image_u8
                 assert pair.mask is not None
