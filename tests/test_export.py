@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # converts and quantizes real Keras models
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 ort = pytest.importorskip("onnxruntime")
