@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from PIL import Image
 
 from .errors import BadInputError, ModelError
 from .images import resize_u8
@@ -52,6 +53,10 @@ MAX_TILE_SIDE = 8192  # larger windows are a typo: a batch of them would not fit
 MAX_BATCH = 1024
 LETTERBOX_FILL = 0  # the grey level of letterbox bars (training must pad the same way)
 GAUSSIAN_SIGMA = 1.0 / 8.0  # of the tile side, as nnU-Net and MONAI
+# Above this many pixels resize mode shrinks an image in bands before PIL sees it: PIL would
+# copy the whole image (4 bytes a pixel for RGB). Below, resize_u8 runs as in training.
+DIRECT_RESIZE_MAX_PIXELS = 16_000_000
+REDUCING_GAP = 3  # as PIL's resize(reducing_gap=3): box-reduce while >= 3x the target size
 _BAND_FLOATS = 1 << 20  # resize/native: about 4 MB of float32 per band of output rows
 
 
@@ -244,6 +249,39 @@ class Box:
     width: int
 
 
+def _box_reduce(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Mean of each fy x fx block (partial blocks at the edges: of the pixels they have),
+    rounded, as uint8 (ceil(H / fy), ceil(W / fx), C); one row of blocks at a time."""
+    height, width, channels = image.shape
+    starts = np.arange(0, width, fx)
+    cols = np.minimum(starts + fx, width) - starts  # pixels per block column
+    out = np.empty((len(range(0, height, fy)), len(starts), channels), np.uint8)
+    for i, r0 in enumerate(range(0, height, fy)):
+        rows = image[r0 : r0 + fy]
+        sums = np.add.reduceat(rows, starts, axis=1, dtype=np.uint32).sum(axis=0, dtype=np.uint32)
+        count = (rows.shape[0] * cols)[:, None].astype(np.uint32)
+        out[i] = (sums + count // 2) // count
+    return out
+
+
+def shrink_u8(image_u8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 (H, W, C) image to `size` as (h, w, C): resize_u8 (PIL)
+    for images up to DIRECT_RESIZE_MAX_PIXELS; for larger ones an exact box reduction in
+    bands first, then PIL on the reduced image, as PIL's own resize(reducing_gap=3) does,
+    so memory stays near the decoded image instead of adding a full PIL copy."""
+    image = _as_hwc(image_u8)
+    height, width, channels = image.shape
+    fy, fx = height // size[0] // REDUCING_GAP, width // size[1] // REDUCING_GAP
+    if height * width <= DIRECT_RESIZE_MAX_PIXELS or max(fy, fx) < 2:
+        return resize_u8(image, size).reshape(*size, channels)
+    fy, fx = max(fy, 1), max(fx, 1)
+    reduced = _box_reduce(image, fy, fx)
+    pil = Image.fromarray(reduced[:, :, 0] if channels == 1 else reduced)
+    box = (0.0, 0.0, width / fx, height / fy)
+    out = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box))
+    return out.reshape(*size, channels)
+
+
 def letterbox(image_u8: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Box]:
     """Resize keeping the aspect ratio to fit `size` (height, width), centred on bars of
     LETTERBOX_FILL; returns the (h, w, C) input and where the image lies in it."""
@@ -254,7 +292,7 @@ def letterbox(image_u8: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, 
     inner_w = min(size[1], max(1, round(width * scale)))
     box = Box((size[0] - inner_h) // 2, (size[1] - inner_w) // 2, inner_h, inner_w)
     canvas = np.full((*size, image.shape[2]), LETTERBOX_FILL, np.uint8)
-    inner = resize_u8(image, (inner_h, inner_w))
+    inner = shrink_u8(image, (inner_h, inner_w))
     canvas[box.top : box.top + inner_h, box.left : box.left + inner_w] = inner.reshape(inner_h, inner_w, -1)
     return canvas, box
 
@@ -309,7 +347,7 @@ def resize_input(
     model_size = _check_size(model_size, "model size")
     if keep_aspect:
         return letterbox(image, model_size)
-    return resize_u8(image, model_size).reshape(*model_size, image.shape[2]), Box(0, 0, *model_size)
+    return shrink_u8(image, model_size), Box(0, 0, *model_size)
 
 
 def upsample(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segen_edge import tiling
 from segen_edge.errors import BadInputError, ModelError
 from segen_edge.images import resize_u8
 from segen_edge.metadata import ModelInfo
@@ -355,6 +356,23 @@ def test_resize_mode_upsamples_probabilities_not_ids():
     assert (ids != blocky).any()
     changes = np.flatnonzero(np.diff(ids[40].astype(int))) + 1
     assert changes.size and any(c % 10 for c in changes)
+
+
+@pytest.mark.parametrize(("size", "target"), [((997, 1201, 1), (33, 20)), ((600, 4000, 3), (160, 160))])
+def test_large_images_shrink_in_bands_like_pil_reducing_gap(monkeypatch, size, target):
+    smooth = np.asarray(
+        Image.fromarray(grey(size[0] // 10, size[1] // 10, 3)).resize(size[1::-1], Image.BICUBIC)
+    )
+    image = np.ascontiguousarray(smooth[:, :, : size[2]])
+    pil = Image.fromarray(image[:, :, 0] if size[2] == 1 else image)
+    direct = np.asarray(pil.resize(target[::-1], Image.Resampling.BILINEAR)).reshape(*target, size[2])
+    np.testing.assert_array_equal(tiling.shrink_u8(image, target), direct)  # below the limit
+    monkeypatch.setattr(tiling, "DIRECT_RESIZE_MAX_PIXELS", 0)
+    shrunk = tiling.shrink_u8(image, target)
+    gap3 = np.asarray(pil.resize(target[::-1], Image.Resampling.BILINEAR, reducing_gap=3))
+    assert shrunk.shape == (*target, size[2]) and shrunk.dtype == np.uint8
+    assert np.abs(shrunk.astype(int) - gap3.reshape(shrunk.shape)).max() <= 1
+    assert np.abs(shrunk.astype(int) - direct).mean() < 1.5
 
 
 def test_letterbox_places_and_crops_the_image():
