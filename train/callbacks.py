@@ -12,8 +12,9 @@ import keras
 import numpy as np
 
 from segen_edge.images import resize_u8
-from segen_edge.metadata import Preprocessing
+from segen_edge.metadata import ModelInfo
 from segen_edge.metrics import score_masks
+from segen_edge.tiling import make_predictor, segment_image
 
 from .rundir import STATE, save_model, write_json
 
@@ -40,30 +41,33 @@ def resized_predictions(
     return pairs
 
 
-def predict_native(
-    model: keras.Model, image_u8: np.ndarray, preprocessing: Preprocessing, stride: int
-) -> np.ndarray:
-    """Class ids (h, w) for a whole image at its own size: mirror-padded at the bottom and
-    right to a multiple of `stride`, run once, cropped back."""
-    height, width = image_u8.shape[:2]
-    pad_h, pad_w = -height % stride, -width % stride
-    padded = np.pad(image_u8, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-    logits = model(preprocessing.to_model(padded[None]), training=False)
-    classes = np.argmax(keras.ops.convert_to_numpy(logits)[0], axis=-1).astype(np.uint8)
-    return classes[:height, :width]
-
-
-def native_predictions(
+def tiled_predictions(
     images_u8: Sequence[np.ndarray],
     full_masks: Sequence[np.ndarray],
-    preprocessing: Preprocessing,
-    stride: int,
+    info: ModelInfo,
+    batch_size: int = 8,
 ) -> Predictions:
-    """(truth, prediction) pairs for whole images at native size (a model trained on crops)."""
+    """(truth, prediction) pairs for whole images at native size, run through the runtime's
+    own tiling (segen_edge.tiling.segment_image) as `info` says (mode, tile, overlap), with
+    the Keras model as the predictor: validation sees what `segen-edge segment` will do."""
 
     def pairs(model: keras.Model) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        def run(batch: np.ndarray) -> np.ndarray:
+            return keras.ops.convert_to_numpy(model(batch, training=False))
+
+        predict = make_predictor(run, info)
         for image_u8, truth in zip(images_u8, full_masks, strict=True):
-            yield truth, predict_native(model, image_u8, preprocessing, stride)
+            ids, _ = segment_image(
+                image_u8,
+                predict,
+                mode=info.mode,
+                model_size=info.image_size,
+                tile=info.tile,
+                overlap=info.overlap,
+                stride=info.stride,
+                batch_size=batch_size,
+            )
+            yield truth, ids
 
     return pairs
 

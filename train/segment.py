@@ -22,8 +22,8 @@ from .callbacks import (
     SegmentationValidator,
     cosine_schedule,
     evaluate_segmenter,
-    native_predictions,
     resized_predictions,
+    tiled_predictions,
 )
 from .data import (
     Augment,
@@ -101,15 +101,38 @@ def pixel_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {"pixel_scale": spec.scale, "pixel_offset": spec.offset}
 
 
-def preprocessing_of(args: argparse.Namespace, channels: int) -> Preprocessing:
-    fields = pixel_fields(args)
-    if "mean" in fields:
-        scale = tuple(1.0 / (255.0 * s) for s in fields["std"])
-        offset = tuple(-m / s for m, s in zip(fields["mean"], fields["std"], strict=True))
-    else:
-        scale = (fields["pixel_scale"],) * channels
-        offset = (fields["pixel_offset"],) * channels
-    return Preprocessing("NHWC", channels, scale, offset)
+def mode_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """How the runtime runs the model: tile mode (windows of the crop size) for a model
+    trained on crops at native scale, else resize mode."""
+    if args.crop:
+        return {
+            "mode": "tile",
+            "tile_size": (int(args.crop[0]), int(args.crop[1])),
+            "overlap": TILE_OVERLAP,
+            "stride": stride_of(args),
+        }
+    return {"mode": "resize", "stride": stride_of(args)}
+
+
+def draft_info(
+    args: argparse.Namespace, channels: int, class_names: tuple[str, ...], encoding: str, name: str
+) -> ModelInfo:
+    """The run's ModelInfo without its card: what training scales pixels with
+    (`.preprocessing`) and validation tiles with is what the metadata will say."""
+    size = tuple(args.crop or args.image_size)
+    return ModelInfo(
+        task="segment",
+        arch=_arch_name(args),
+        name=name,
+        image_size=(int(size[0]), int(size[1])),
+        channels=channels,
+        layout="NHWC",
+        class_names=class_names,
+        palette=default_palette(len(class_names), encoding),
+        precision="fp32",
+        **pixel_fields(args),
+        **mode_fields(args),
+    )
 
 
 def _guess_channels(path: Path) -> int:
@@ -202,12 +225,12 @@ def _class_names(args: argparse.Namespace, encoding: str, num_classes: int) -> t
     return names
 
 
-def _predictions(
-    args: argparse.Namespace, arrays: SegmentationArrays, preprocessing: Preprocessing
-) -> Predictions:
+def _predictions(args: argparse.Namespace, arrays: SegmentationArrays, info: ModelInfo) -> Predictions:
+    """Resize mode: the images as loaded (already at the model's size); tile mode: whole
+    images at native size through the runtime's tiling."""
     if args.crop:
-        return native_predictions(list(arrays.images_u8), arrays.full_masks, preprocessing, stride_of(args))
-    images = scale_images(np.asarray(arrays.images_u8), preprocessing)
+        return tiled_predictions(list(arrays.images_u8), arrays.full_masks, info, args.batch_size)
+    images = scale_images(np.asarray(arrays.images_u8), info.preprocessing)
     return resized_predictions(images, arrays.full_masks, args.batch_size)
 
 
@@ -287,7 +310,8 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
             + ", ".join(f"{n} {w:.3g}" for n, w in zip(class_names, class_weights, strict=True)),
             flush=True,
         )
-    preprocessing = preprocessing_of(args, channels)
+    draft = draft_info(args, channels, class_names, encoding, args.name or run_dir.name)
+    preprocessing = draft.preprocessing
 
     augment = Augment(
         hflip=args.hflip,
@@ -300,7 +324,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
     batches = SegmentationBatches(
         train, args.batch_size, preprocessing, augment, args.seed, repeats=repeats, crop=crop
     )
-    predictions = _predictions(args, val, preprocessing)
+    predictions = _predictions(args, val, draft)
 
     if state:
         model = keras.models.load_model(run_dir / "last.keras")
@@ -347,30 +371,9 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
             verbose=args.verbose,
         )
     seconds = time.monotonic() - started + float(state.get("train_seconds", 0.0))
-    test_metrics = _score_test(
-        args, run_dir, test_pairs, channels, encoding, ignore, valid, class_names, preprocessing
-    )
+    test_metrics = _score_test(args, run_dir, test_pairs, encoding, ignore, valid, draft)
 
-    mode: dict[str, Any] = {"mode": "resize", "stride": stride_of(args)}
-    if crop:
-        mode = {
-            "mode": "tile",
-            "tile_size": (int(crop[0]), int(crop[1])),
-            "overlap": TILE_OVERLAP,
-            "stride": stride_of(args),
-        }
-    info = ModelInfo(
-        task="segment",
-        arch=_arch_name(args),
-        name=args.name or run_dir.name,
-        image_size=(int(size[0]), int(size[1])),
-        channels=channels,
-        layout="NHWC",
-        class_names=class_names,
-        palette=default_palette(num_classes, encoding),
-        precision="fp32",
-        **pixel_fields(args),
-        **mode,
+    info = draft.replace(
         card={
             "dataset": data_dir.resolve().name,
             "data": str(data_dir.resolve()),
@@ -432,17 +435,15 @@ def _score_test(
     args: argparse.Namespace,
     run_dir: Path,
     pairs: list[Pair],
-    channels: int,
     encoding: str,
     ignore: tuple[int, ...],
     valid: dict[str, Path] | None,
-    class_names: tuple[str, ...],
-    preprocessing: Preprocessing,
+    info: ModelInfo,
 ) -> dict[str, Any] | None:
     """The best model's metrics on the --test-list pairs (None without them)."""
     if not pairs or not (run_dir / "model.keras").is_file():
         return None
-    load_size = None if args.crop else (int(args.image_size[0]), int(args.image_size[1]))
-    arrays = load_segmentation(pairs, load_size, channels, encoding, ignore, valid)
+    load_size = None if args.crop else info.image_size
+    arrays = load_segmentation(pairs, load_size, info.channels, encoding, ignore, valid)
     best = keras.models.load_model(run_dir / "model.keras", compile=False)
-    return evaluate_segmenter(best, _predictions(args, arrays, preprocessing), class_names)
+    return evaluate_segmenter(best, _predictions(args, arrays, info), info.class_names)
