@@ -589,7 +589,7 @@ def _write(
             stamped = info.replace(
                 precision=precision.split(".")[0],  # int8.openvino holds an int8 model
                 exporter_version=version,
-                card={**card, "export": report.card()},
+                card=portable_card({**card, "export": report.card()}),
             )
             stamp_onnx(models[precision], stamped)
             blobs[precision] = models[precision].SerializeToString()
@@ -613,3 +613,21 @@ def _json(data: Any) -> str:
 
 def _write_bytes(fh: IO[bytes], data: bytes) -> None:
     fh.write(data)
+
+
+def portable_card(card: Any, root: Path | None = None) -> Any:
+    """The card with no absolute path of the machine it was made on: a path inside the
+    project becomes relative to it, any other (a data set folder) its last component, the
+    name `segen-edge evaluate` looks for under $SEGEN_EDGE_DATA or ../shared/data."""
+    root = root or Path(__file__).resolve().parents[1]
+    if isinstance(card, dict):
+        return {k: portable_card(v, root) for k, v in card.items()}
+    if isinstance(card, list):
+        return [portable_card(v, root) for v in card]
+    if isinstance(card, str) and card.startswith("/") and "\n" not in card and len(card) < 4096:
+        path = Path(card)
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            return path.name
+    return card
