@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import functools
 import glob
+import hashlib
 import logging
 import os
 import stat
@@ -34,6 +35,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".
 OUTPUT_SUFFIXES = (".mask.png", ".color.png", ".overlay.png", ".cutout.png", ".binary.png")  # never inputs
 DEFAULT_MAX_PIXELS = 120_000_000
 EXPECTED = "expected PNG, JPEG, BMP, WebP, TIFF or GIF"
+MANIFEST_NAME = "segen-manifest.jsonl"  # manifest.MANIFEST_NAME, here to keep imports light
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,14 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
     """
     parts: list[Callable[[], Iterator[Source]]] = []
     for arg in inputs:
-        text = str(arg)
+        text = os.fspath(arg)
         path = Path(text)
+        unsupported(text)
         if path.is_dir():
             parts.append(functools.partial(_walk, path, recursive))
         elif path.exists() or path.is_symlink():
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                raise BadInputError(f"{_text(path)}: {VIDEO}")
             parts.append(functools.partial(iter, [Source(path, Path(path.name))]))
         elif glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=recursive))
@@ -90,6 +95,29 @@ def find_images(inputs: Iterable[str | Path], recursive: bool = False) -> Iterat
         else:
             raise BadInputError(f"{text}: no such file or folder")
     return _once(source for part in parts for source in part())
+
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".wmv", ".flv", ".mpg", ".mpeg"})
+VIDEO = "video is not supported; extract frames first, e.g. with ffmpeg -i VIDEO frames/%06d.png"
+
+
+def unsupported(text: str) -> None:
+    """Refuse, by name, the inputs that are not image files: stdin, URLs."""
+    if text == "-":
+        raise BadInputError(
+            "-: reading images from stdin is not supported; "
+            "save them to files and pass the files or their folder"
+        )
+    if text.lower().startswith(("http://", "https://", "ftp://", "s3://", "gs://")):
+        raise BadInputError(
+            f"{_text(text)}: URLs are not supported; download the image first and pass the file"
+        )
+
+
+def _text(path: str | os.PathLike[str]) -> str:
+    """A path for a one-line message: undecodable bytes escaped, newlines shown."""
+    text = os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _once(sources: Iterator[Source]) -> Iterator[Source]:
@@ -104,11 +132,33 @@ def _once(sources: Iterator[Source]) -> Iterator[Source]:
             yield source
 
 
+def _recorded(folder: Path) -> frozenset[str]:
+    from .manifest import recorded_paths
+
+    return recorded_paths(folder)
+
+
 def _matches(pattern: str, matches: list[str], recursive: bool) -> Iterator[Source]:
     root = glob_root(pattern)
+    recorded: dict[str, frozenset[str]] = {}
+
+    def is_output(m: Path) -> bool:
+        """Listed by the manifest of its folder or of a folder above, up to the root."""
+        full = os.path.abspath(m)
+        folder = os.path.dirname(full)
+        top = os.path.abspath(root)
+        while True:
+            if folder not in recorded:
+                recorded[folder] = _recorded(Path(folder))
+            if full in recorded[folder]:
+                return True
+            if folder == top or os.path.dirname(folder) == folder or not folder.startswith(top):
+                return False
+            folder = os.path.dirname(folder)
+
     for match in matches:
         m = Path(match)
-        if m.name.lower().endswith(OUTPUT_SUFFIXES):
+        if m.name.lower().endswith(OUTPUT_SUFFIXES) or is_output(m):
             continue  # our own outputs: a re-run with --out inside the input folder
         if m.is_dir():
             yield from _walk(m, recursive)
@@ -127,7 +177,9 @@ def glob_root(pattern: str) -> Path:
 
 
 def _walk(root: Path, recursive: bool) -> Iterator[Source]:
+    """Images under `root`, sorted; the outputs a folder's manifest records are skipped."""
     seen: set[tuple[int, int]] = set()
+    outputs: set[str] = set()
 
     def visit(folder: Path) -> Iterator[Source]:
         try:
@@ -145,6 +197,8 @@ def _walk(root: Path, recursive: bool) -> Iterator[Source]:
             yield Source(folder, folder.relative_to(root), error=why)
             return
         subfolders = []
+        if any(entry.name == MANIFEST_NAME for entry in entries):
+            outputs.update(_recorded(folder))
         for entry in entries:
             p = Path(entry.path)
             try:
@@ -154,7 +208,7 @@ def _walk(root: Path, recursive: bool) -> Iterator[Source]:
             if is_dir:
                 if recursive:
                     subfolders.append(p)
-            elif is_image_name(p):
+            elif is_image_name(p) and not (outputs and os.path.abspath(p) in outputs):
                 yield Source(p, p.relative_to(root))
         for sub in subfolders:
             yield from visit(sub)
@@ -303,6 +357,7 @@ def _to_u8(img: Image.Image, channels: int) -> np.ndarray:
 
 # -- what users hold ---------------------------------------------------------------------
 
+
 def as_image_u8(
     image: str | os.PathLike[str] | Image.Image | np.ndarray,
     channels: int = 3,
@@ -431,11 +486,28 @@ def _open_temp(path: Path) -> tuple[int, str]:
     by process and thread, it needs one system call (mkstemp's random names cost more, which
     shows when a batch writes thousands of small files); a leftover of a killed process with
     a recycled pid makes it fall back to a random name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.part")
+    name = _temp_stem(path.name)
+    tmp = path.with_name(f".{name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
         return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), str(tmp)
     except FileExistsError:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        return tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=path.parent)
+
+
+TEMP_NAME_ROOM = 180  # bytes of the target's name kept in its temporary name (limit: 255)
+
+
+def _temp_stem(name: str) -> str:
+    """The target's name, or for a long one (230-255 bytes) its start and a hash, so the
+    temporary name (`.NAME.PID-THREAD.part`, or mkstemp's) stays under 255 bytes."""
+    raw = os.fsencode(name)
+    if len(raw) <= TEMP_NAME_ROOM:
+        return name
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:12]
+    cut = name
+    while len(os.fsencode(cut)) > TEMP_NAME_ROOM - len(tag):
+        cut = cut[:-1]
+    return cut + tag
 
 
 def save_image(path: str | Path, image: Image.Image | np.ndarray, fmt: str = "PNG") -> None:

@@ -9,22 +9,24 @@ directly and get an `ImageResult` / `GeneratedFile` per input, in input order.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .errors import BadInputError
 from .generate import Generator, check_batch_size, check_count, check_seed, fresh_seed
 from .images import DEFAULT_MAX_PIXELS, Decoded, Source, WriteError, find_images, load_image, save_image
+from .manifest import input_stat, model_digest, rel_of, run_record
 from .pipeline import lanes_for, ordered_map
-from .plan import OutputPlan
+from .plan import OutputPlan, PlanError, Planned
 from .segment import SAVE_KINDS, RunSettings, Segmentation, Segmenter
 
 MAX_BATCH = 1024
@@ -41,6 +43,7 @@ class ImageResult:
     fractions: dict[str, float] | None = None  # class name -> fraction of pixels
     error: str = ""
     note: str = ""
+    written: list[Path] = field(default_factory=list)  # outputs this run wrote (ok: the new kinds)
 
     @property
     def path(self) -> Path:
@@ -136,6 +139,40 @@ def segment_files(
     return JobReport(results)
 
 
+def plan_segment_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    save: Sequence[str] = ("mask",),
+    recursive: bool = False,
+    reserved: Mapping[str, str | os.PathLike[str] | None] | None = None,
+) -> OutputPlan:
+    """Every input and output of a segment run, checked before the model is opened (see
+    plan.py); pass it to iter_segment_files as `plan=`. `total` is the number of inputs."""
+    return OutputPlan.build(inputs, out_dir, tuple(save), recursive=recursive, reserved=reserved)
+
+
+def run_record_for(segmenter: Segmenter, run: RunSettings, save: SaveOptions) -> dict[str, Any]:
+    """The manifest's `run` line: the model file's digest and the settings that shape outputs."""
+    info = {k: v for k, v in segmenter.info.to_dict().items() if k not in ("card", "precision")}
+    info_digest = hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model = {
+        "name": segmenter.name,
+        "file": os.fsdecode(segmenter.path.name),
+        "sha256": model_digest(segmenter.path),
+    }
+    settings = {
+        "info": info_digest,
+        "mode": run.mode,
+        "overlap": run.overlap,
+        "blend": run.blend,
+        "keep_aspect": run.keep_aspect,
+        "alpha": save.alpha,
+        "keep": list(save.keep),
+    }
+    return run_record(model, settings)
+
+
 def iter_segment_files(
     segmenter: Segmenter,
     inputs: Sequence[str | os.PathLike[str]],
@@ -151,78 +188,163 @@ def iter_segment_files(
     settings: RunSettings | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     stop: threading.Event | None = None,
+    plan: OutputPlan | None = None,
 ) -> Iterator[ImageResult]:
-    """Lazily segment inputs, yielding one ImageResult per input, in input order.
+    """Segment inputs, yielding one ImageResult per input, in input order.
 
-    Inputs are grouped into batches of `batch_size` images (names planned, finished ones
-    skipped); `lanes` threads each take a whole batch: decode, run, render, write
-    atomically. At most `lanes + 1` batches are in memory. When `stop` is set, the batches
-    in progress are finished and written, and nothing new is started.
+    Before anything is written (and before this returns), every input and output is planned
+    (plan.py) and checked against the folder's manifest (manifest.py): a run that would
+    write onto an input, outside `out_dir`, onto another input's output, or over outputs
+    made by another model, settings or input version (without `overwrite`) raises
+    PlanError. Then inputs are grouped into batches of `batch_size` images; `lanes`
+    threads each take a whole batch: decode, run, render, write atomically (only the kinds
+    not already up to date), record in the manifest. At most `lanes + 1` batches are in
+    memory. When `stop` is set, the batches in progress are finished and written, and
+    nothing new is started.
     """
     save_options = SaveOptions(tuple(save), alpha, tuple(keep)).checked(segmenter.class_names)
     batch_size = check_batch_size(batch_size, MAX_BATCH)
     run = settings.resolved(segmenter.info) if settings else segmenter.settings()
     if "prob" in save_options.kinds and not run.probabilities:
         run = RunSettings(run.mode, run.overlap, run.blend, run.batch_size, run.keep_aspect, True)
-    plan = OutputPlan(Path(out_dir), save_options.kinds, [os.fspath(i) for i in inputs])
+    if plan is None:
+        plan = plan_segment_files(inputs, out_dir, save=save_options.kinds, recursive=recursive)
+    elif plan.kinds != save_options.kinds:
+        raise BadInputError(
+            f"plan made for --save {','.join(plan.kinds)}, not {','.join(save_options.kinds)}"
+        )
+    record = run_record_for(segmenter, run, save_options)
+    plan.resolve(record, overwrite)
     lanes = lanes or lanes_for(segmenter.provider, None)
-    sources = find_images([os.fspath(i) for i in inputs], recursive)
+    writer = _Writer(plan, record, save_options)
+    return _iterate(segmenter, plan, run, writer, batch_size, lanes, max_pixels, stop)
+
+
+def _iterate(
+    segmenter: Segmenter,
+    plan: OutputPlan,
+    run: RunSettings,
+    writer: _Writer,
+    batch_size: int,
+    lanes: int,
+    max_pixels: int,
+    stop: threading.Event | None,
+) -> Iterator[ImageResult]:
     window = batch_size * 4  # finished inputs gathered before they are passed on
 
-    def jobs() -> Iterator[_Job | ImageResult]:
-        for src in sources:
-            if src.error:
-                yield ImageResult(src, "failed", error=src.error)
-                continue
-            targets = plan.targets(src)  # in input order, so names are stable
-            done = not overwrite and all(p.is_file() for p in targets.values())
-            yield _Job(src, targets, skip=done)
+    def jobs() -> Iterator[Planned | ImageResult]:
+        for entry in plan.entries:
+            yield entry if isinstance(entry, Planned) else ImageResult(entry, "failed", error=entry.error)
 
-    def groups() -> Iterator[list[_Job | ImageResult]]:
+    def groups() -> Iterator[list[Planned | ImageResult]]:
         """Input-ordered groups of `batch_size` images to run; skipped and failed inputs
         ride along (a long run of them makes a group of its own)."""
-        group: list[_Job | ImageResult] = []
+        group: list[Planned | ImageResult] = []
         images = 0
         for item in jobs():
             if stop and stop.is_set():
                 return
             group.append(item)
-            images += isinstance(item, _Job) and not item.skip
+            images += isinstance(item, Planned) and not item.skip
             if images == batch_size or (not images and len(group) >= window):
                 yield group
                 group, images = [], 0
         if group and not (stop and stop.is_set()):
             yield group
 
-    def work(group: list[_Job | ImageResult]) -> list[ImageResult]:
-        return _run_group(segmenter, group, run, save_options, max_pixels)
+    def work(group: list[Planned | ImageResult]) -> list[ImageResult]:
+        with np.errstate(all="ignore"):  # NaN/inf model outputs: their masks, not warnings
+            return _run_group(segmenter, group, run, writer, max_pixels)
 
-    with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
-        for results in ordered_map(work, groups(), pool, lanes + 1):
-            yield from results
+    try:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="segen-lane") as pool:
+            for results in ordered_map(work, groups(), pool, lanes + 1):
+                yield from results
+    finally:
+        writer.close()
 
 
-@dataclass
-class _Job:
-    source: Source
-    targets: dict[str, Path]
-    skip: bool = False  # outputs exist and no overwrite: report them, run nothing
+class _Writer:
+    """Writes one input's outputs (only the kinds to do) and records them in the manifest."""
+
+    def __init__(self, plan: OutputPlan, run: dict[str, Any], save: SaveOptions) -> None:
+        self.plan, self.run, self.save = plan, run, save
+        self.manifest = plan.manifest
+        self._started = False
+        self._lock = threading.Lock()
+
+    def _line(self, entry: Planned, state: str, kinds: Sequence[str], **more: Any) -> None:
+        if self.manifest is None:
+            return
+        with self._lock:
+            if not self._started:
+                self.manifest.start(self.run)
+                self._started = True
+        out = self.plan.out_dir
+        self.manifest.append(
+            {
+                "type": state,
+                "input": entry.key,
+                "base": rel_of(out, entry.base),
+                "outputs": {k: rel_of(out, entry.targets[k]) for k in kinds},
+                "key": self.run["key"],
+                **more,
+            }
+        )
+
+    def write(self, entry: Planned, decoded: Decoded, result: Segmentation) -> ImageResult:
+        kinds = entry.todo
+        path = entry.base
+        try:
+            self._line(entry, "claim", kinds)
+            for kind in kinds:
+                path = entry.targets[kind]
+                options = {"alpha": self.save.alpha, "keep": self.save.keep} if kind != "prob" else {}
+                result.save(path, kind, **options)
+            fractions = result.fractions
+            self._line(
+                entry,
+                "done",
+                kinds,
+                input_stat=input_stat(entry.source.path),
+                size_hw=list(decoded.size),
+                class_fractions=fractions,
+            )
+        except WriteError as exc:
+            return ImageResult(entry.source, "failed", error=str(exc))
+        except OSError as exc:
+            return ImageResult(entry.source, "failed", error=f"{path}: cannot write ({exc.strerror or exc})")
+        except MemoryError:
+            return _failed(entry, "its outputs do not fit in memory; lower --max-pixels")
+        return ImageResult(
+            entry.source,
+            "ok",
+            outputs=list(entry.targets.values()),
+            size=decoded.size,
+            fractions=fractions,
+            note=decoded.note,
+            written=[entry.targets[k] for k in kinds],
+        )
+
+    def close(self) -> None:
+        if self.manifest is not None:
+            self.manifest.close()
 
 
 def _run_group(
     segmenter: Segmenter,
-    group: list[_Job | ImageResult],
+    group: list[Planned | ImageResult],
     run: RunSettings,
-    save: SaveOptions,
+    writer: _Writer,
     max_pixels: int,
 ) -> list[ImageResult]:
     """One lane's work: decode, run, write; one result per input of the group, in order."""
-    out: list[ImageResult | tuple[_Job, Decoded]] = []
+    out: list[ImageResult | tuple[Planned, Decoded]] = []
     for item in group:
         if isinstance(item, ImageResult):
             out.append(item)
-        elif item.skip:  # its outputs exist: reading the saved mask's fractions is lane work
-            out.append(_skipped(segmenter, item))
+        elif item.skip:  # its outputs exist and are up to date
+            out.append(_skipped(item))
         else:
             try:
                 out.append((item, load_image(item.source.path, segmenter.info.channels, max_pixels)))
@@ -241,54 +363,24 @@ def _run_group(
             for item in out
         ]
     return [
-        item if isinstance(item, ImageResult) else _write(item[0], item[1], next(segmentations), save)
+        item if isinstance(item, ImageResult) else writer.write(item[0], item[1], next(segmentations))
         for item in out
     ]
 
 
-def _failed(job: _Job, why: str) -> ImageResult:
-    return ImageResult(job.source, "failed", error=f"{job.source.path}: {why}")
+def _failed(entry: Planned, why: str) -> ImageResult:
+    return ImageResult(entry.source, "failed", error=f"{entry.source.path}: {why}")
 
 
-def _write(job: _Job, decoded: Decoded, result: Segmentation, save: SaveOptions) -> ImageResult:
-    try:
-        for kind, path in job.targets.items():
-            result.save(path, kind, **({"alpha": save.alpha, "keep": save.keep} if kind != "prob" else {}))
-    except WriteError as exc:
-        return ImageResult(job.source, "failed", error=str(exc))
-    except OSError as exc:
-        return ImageResult(job.source, "failed", error=f"{path}: cannot write ({exc.strerror or exc})")
-    except MemoryError:
-        return _failed(job, "its outputs do not fit in memory; lower --max-pixels")
+def _skipped(entry: Planned) -> ImageResult:
+    """An input whose outputs exist and are up to date; its size and fractions come from
+    the manifest (never from reading a possibly huge mask back)."""
+    record = entry.record
+    size = record.size_hw if record is not None else None
+    fractions = record.class_fractions if record is not None else None
     return ImageResult(
-        job.source,
-        "ok",
-        outputs=list(job.targets.values()),
-        size=decoded.size,
-        fractions=result.fractions,
-        note=decoded.note,
+        entry.source, "skipped", outputs=list(entry.targets.values()), size=size, fractions=fractions
     )
-
-
-def _skipped(segmenter: Segmenter, job: _Job) -> ImageResult:
-    """An input whose outputs exist already; its fractions come from the saved mask when
-    that is small enough to read back."""
-    fractions = None
-    mask = job.targets.get("mask")
-    if mask is not None:
-        try:
-            with Image.open(mask) as img:
-                if img.width * img.height <= DEFAULT_MAX_PIXELS:
-                    ids = np.asarray(img)
-                    if ids.ndim == 2 and int(ids.max(initial=0)) < len(segmenter.class_names):
-                        counts = np.bincount(ids.ravel(), minlength=len(segmenter.class_names))
-                        total = max(int(ids.size), 1)
-                        fractions = {
-                            n: round(float(counts[i]) / total, 6) for i, n in enumerate(segmenter.class_names)
-                        }
-        except (OSError, ValueError, MemoryError, Image.DecompressionBombError):
-            fractions = None
-    return ImageResult(job.source, "skipped", outputs=list(job.targets.values()), fractions=fractions)
 
 
 # -- generate ------------------------------------------------------------------------------
@@ -309,7 +401,8 @@ def generate_files(
     progress: Callable[[GeneratedFile], None] | None = None,
 ) -> Iterator[GeneratedFile]:
     """Generate n images into `out_dir` as NAME-sSEED-INDEX.png (NAME-cCODE-sSEED-INDEX.png
-    with a `code`), in order, lazily.
+    with a `code`), in order, lazily. Arguments are checked, and output names that hold a
+    folder or a special file refused (PlanError), when this is called, before any work.
 
     Each of `lanes` threads takes a whole batch: runs the model and writes its PNGs
     atomically. Existing files are kept unless `overwrite`; a folder where a file goes is
@@ -326,12 +419,71 @@ def generate_files(
     out = Path(out_dir)
     stem = name or generator.name
     prefix = f"{stem}-s{seed}" if code is None else f"{stem}-c{code}-s{seed}"
+    check_generate_outputs(out, prefix, n)
+    return _generate(generator, n, out, prefix, seed, code, batch_size, overwrite, lanes, stop, progress)
+
+
+def generated_path(out_dir: Path, prefix: str, index: int) -> Path:
+    return out_dir / f"{prefix}-{index:05d}.png"
+
+
+def check_generate_outputs(out_dir: Path, prefix: str, n: int) -> None:
+    """Refuse, before any work, a run whose output names hold folders or special files
+    (one listing of the folder, whatever n is)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PlanError(f"{out_dir}: is a file, not a folder; pick another --out")
+    try:
+        entries = list(os.scandir(out_dir)) if out_dir.is_dir() else []
+    except OSError as exc:
+        raise PlanError(
+            f"{out_dir}: cannot list the folder ({exc.strerror or exc}); check its permissions"
+        ) from None
+    blocked = []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix + "-") and name.endswith(".png")):
+            continue
+        index = name[len(prefix) + 1 : -4]
+        if not (
+            index.isdigit() and int(index) < n and name == generated_path(out_dir, prefix, int(index)).name
+        ):
+            continue
+        try:
+            regular = entry.is_file(follow_symlinks=True)
+        except OSError:
+            regular = False
+        if not regular:
+            blocked.append(Path(entry.path))
+    if blocked:
+        blocked.sort()
+        more = f" and {len(blocked) - 1} more" if len(blocked) > 1 else ""
+        raise PlanError(
+            f"{blocked[0]}{more}: a folder or special file is where a generated image goes; "
+            "move it or pick another --out"
+        )
+
+
+def _generate(
+    generator: Generator,
+    n: int,
+    out: Path,
+    prefix: str,
+    seed: int,
+    code: int | None,
+    batch_size: int,
+    overwrite: bool,
+    lanes: int | None,
+    stop: threading.Event | None,
+    progress: Callable[[GeneratedFile], None] | None,
+) -> Iterator[GeneratedFile]:
 
     def make(item: tuple[int, np.ndarray]) -> list[GeneratedFile]:
         start, latents = item
         files = []
-        for i, image in enumerate(generator.decode(latents), start=start):
-            path = out / f"{prefix}-{i:05d}.png"
+        with np.errstate(all="ignore"):  # NaN/inf outputs: their pixels, not warnings
+            images = generator.decode(latents)
+        for i, image in enumerate(images, start=start):
+            path = generated_path(out, prefix, i)
             if path.is_dir() or (path.exists() and not path.is_file()):
                 raise WriteError(
                     f"{path}: cannot write: a folder or special file is in the way; "

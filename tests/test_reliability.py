@@ -217,7 +217,8 @@ def test_corrupted_folder(corrupted: Folder, seg_model: Path, tmp_path: Path) ->
     for rel in corrupted.bad:
         assert listed[rel]["status"] == "failed" and listed[rel]["error"]
     written = sorted(p for p in out.rglob("*") if p.is_file())
-    assert written == sorted(masks)  # nothing else: no temporary files, no masks of bad inputs
+    # nothing else: no temporary files, no masks of bad inputs; the manifest says who made what
+    assert written == sorted([*masks, out / "segen-manifest.jsonl"])
 
     # a re-run skips everything that is done; the bad files fail again
     before = {p: p.stat().st_mtime_ns for p in masks}
@@ -318,8 +319,8 @@ def test_out_equal_to_input_never_overwrites_and_never_feeds_itself(
     assert len(first.errors) == 1 and "broken.png" in first.errors[0]
     after = _digest(folder)
     assert {k: after[k] for k in inputs} == inputs  # no input touched
-    made = sorted(set(after) - set(inputs))
-    second_red = "red_jpg" if by == "glob" else "red_png"  # the later of red.jpg/red.png in input order
+    made = sorted(set(after) - set(inputs) - {"segen-manifest.jsonl"})
+    second_red = "red_png"  # red.jpg sorts first, whatever the argument order
     assert made == sorted(
         f"{stem}.{kind}.png" for stem in ("blue", "red", second_red) for kind in ("mask", "color", "overlay")
     )
@@ -334,11 +335,11 @@ def test_out_equal_to_input_never_overwrites_and_never_feeds_itself(
 def test_unwritable_outputs_are_one_line_each(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "afile"
     blocker.write_text("a file, not a folder")
-    run = segen("segment", photo_dir, "-m", seg_model, "-o", blocker, "--device", "cpu")
-    assert run.code == 1
-    assert len(run.errors) == 3  # each image is one failed file, the batch goes on
-    assert all("cannot write: a file stands where a folder should be" in line for line in run.errors)
-    assert "0 segmented, 0 skipped (outputs exist), 3 failed" in run.stderr
+    for target in (blocker, blocker / "sub"):  # a file at --out, or above it: refused up front
+        run = segen("segment", photo_dir, "-m", seg_model, "-o", target, "--device", "cpu")
+        line = _one_error_line(run)
+        assert "is a file, not a folder; pick another --out" in line, line
+    assert blocker.read_text() == "a file, not a folder"
 
     out = tmp_path / "out"
     (out / "red.png").mkdir(parents=True)  # a folder where an output goes: not "done"
@@ -400,7 +401,10 @@ def _one_error_line(run: Run) -> str:
         ("empty.onnx", "not a valid ONNX model"),
         ("half.onnx", "not a valid ONNX model"),
         ("missing.onnx", "model file not found"),
-        ("fixed32.onnx", "the graph takes input ['N', 32, 32, 3] (NHWC) but its description says height 16, width 16"),
+        (
+            "fixed32.onnx",
+            "the graph takes input ['N', 32, 32, 3] (NHWC) but its description says height 16, width 16",
+        ),
     ],
 )
 def test_broken_model_is_one_clear_line(
@@ -435,7 +439,10 @@ def test_bare_onnx_lists_what_is_missing_then_runs_with_flags(
     assumed = segen(*base, "--image-size", "16", "16")  # classes and scaling assumed, and said
     assert assumed.code == 0 and "assumed" in assumed.stderr and "class0, class1, class2" in assumed.stderr
 
-    run = segen(*base, "--image-size", "16", "16", "--class-names", "r,g,b", "--pixel-scale", "0.00392")
+    described = (*base, "--image-size", "16", "16", "--class-names", "r,g,b", "--pixel-scale", "0.00392")
+    line = _one_error_line(segen(*described))  # the masks made with assumed classes are not redone
+    assert "made by another run" in line and "the model's description" in line and "--overwrite" in line
+    run = segen(*described, "--overwrite")
     assert run.code == 0, run.stderr
     assert (assert_whole_png(tmp_path / "out" / "green.png") == 1).all()
 
@@ -522,6 +529,10 @@ def _pngs(out: Path) -> list[Path]:
 
 def _leftovers(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.endswith(".part") or p.name.startswith("."))
+
+
+def _manifest_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "segen-manifest.jsonl").read_text().splitlines()]
 
 
 def _resume(folder: Path, model: Path, out: Path, done_before: int) -> None:

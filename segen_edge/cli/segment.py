@@ -16,7 +16,9 @@ from . import common as c
 def segment(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns.")],
     model: c.ModelOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (a .png name with one input: that file).")
+    ] = Path("segen-out"),
     save: Annotated[
         str,
         typer.Option("--save", help="Comma-separated outputs: mask,color,overlay,cutout,binary,prob."),
@@ -78,7 +80,8 @@ def segment(
 ) -> None:
     """Segment images; write class-id masks (and colour masks, overlays, cutouts, ...)."""
     c.setup(quiet, verbose)
-    from ..jobs import SaveOptions, iter_segment_files
+    from ..jobs import SaveOptions, iter_segment_files, plan_segment_files
+    from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
     from ..segment import SAVE_KINDS, RunSettings, Segmenter
 
@@ -109,10 +112,15 @@ def segment(
         output_kind,
         mode=mode.value if mode and mode.value == "native" else None,
     )
-    segmenter = c.open_model(
-        model, "segment", device, precision, batch_threads(threads), overrides,
-        batch_size,
-    )  # fmt: skip
+    check_threads(threads)
+    # every input and output, before the model is opened and before anything is written
+    json_file = as_json if as_json not in (None, "-") else None
+    reserved = {"--summary": summary, "--json": json_file}
+    plan = plan_segment_files(inputs, out, save=kinds, recursive=recursive, reserved=reserved)
+    if not plan.total:
+        where = " ".join(c.printable(i) for i in inputs)
+        raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
+    segmenter = c.open_model(model, "segment", device, precision, batch_threads(threads), overrides)
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
     settings = RunSettings(
@@ -122,9 +130,8 @@ def segment(
     show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     entries = []
-    with c.graceful_stop() as stop, c.progress("segment") as bar:
-        task = bar.add_task("segment", total=None)
-        results = iter_segment_files(
+    with c.graceful_stop() as stop:
+        results = iter_segment_files(  # refuses stale or foreign outputs before any work
             segmenter,
             inputs,
             out,
@@ -138,20 +145,23 @@ def segment(
             stop=stop,
             lanes=workers or lanes_for(segmenter.provider, threads),
             max_pixels=max_pixels,
+            plan=plan,
         )
-        for result in results:
-            stop.announce()
-            counts[result.status] += 1
-            entries.append(result.to_json())
-            bar.advance(task)
-            if result.status == "failed":
-                c.err(f"error: {result.error}")
-            elif result.status == "ok":
-                if result.note:
-                    c.note(f"{c.printable(result.source.path)}: {result.note}")
-                if show_paths and as_json != "-":
-                    for path in result.outputs:
-                        c.emit(c.printable(path))
+        with c.progress("segment") as bar:
+            task = bar.add_task("segment", total=plan.total)
+            for result in results:
+                stop.announce()
+                counts[result.status] += 1
+                entries.append(result.to_json())
+                bar.advance(task)
+                if result.status == "failed":
+                    c.err(f"error: {result.error}")
+                elif result.status == "ok":
+                    if result.note:
+                        c.note(f"{c.printable(result.source.path)}: {result.note}")
+                    if show_paths and as_json != "-":
+                        for path in result.written:
+                            c.emit(c.printable(path))
         interrupted = stop.is_set()
     info = segmenter.info
     document = {
@@ -170,9 +180,7 @@ def segment(
         c.write_json(document, as_json)
     done = f"{counts['ok']} segmented, {counts['skipped']} skipped (outputs exist), {counts['failed']} failed"
     if interrupted:
-        c.stopped(stop, f"{done}; outputs in {out}")
+        c.stopped(stop, f"{done}; outputs in {c.printable(out)}")
     c.note(f"segen-edge: {done}; outputs in {c.printable(out)}")
     if counts["failed"]:
         raise typer.Exit(1)
-    if not any(counts.values()):
-        raise SegenError(f"no images found in {' '.join(inputs)}; pass --recursive for subfolders")
