@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,17 +196,31 @@ def open_model(
 # -- the console ---------------------------------------------------------------------------------
 
 
+def one_line(message: str) -> str:
+    """A message as one printable line: newlines and carriage returns shown as \\n and \\r,
+    bytes that are not UTF-8 (surrogate escapes of file names) as \\udcXX."""
+    text = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _print_err(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except UnicodeEncodeError:  # a strict (ascii, latin-1) stderr
+        print(text.encode("ascii", "backslashreplace").decode("ascii"), file=sys.stderr, flush=True)
+
+
 def err(message: str) -> None:
     """One line on stderr, red on a terminal, never wrapped, never split by a newline."""
-    message = " ".join(message.splitlines())
+    message = one_line(message)
     red = sys.stderr.isatty()
-    print(f"\033[31m{message}\033[0m" if red else message, file=sys.stderr, flush=True)
+    _print_err(f"\033[31m{message}\033[0m" if red else message)
 
 
 def note(message: str) -> None:
     """A message for a person: stderr, unless --quiet."""
     if _verbosity >= 0:
-        print(" ".join(message.splitlines()), file=sys.stderr, flush=True)
+        _print_err(one_line(message))
 
 
 _verbosity = 0
@@ -217,7 +232,7 @@ class _LineHandler(logging.Handler):
         text = record.getMessage()
         prefix = "segen-edge: warning: " if record.levelno >= logging.WARNING else "segen-edge: "
         with contextlib.suppress(Exception):
-            print(prefix + " ".join(text.splitlines()), file=sys.stderr, flush=True)
+            _print_err(prefix + one_line(text))
 
 
 def setup(quiet: bool = False, verbose: bool = False) -> None:
@@ -229,6 +244,9 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
     logger.addHandler(_LineHandler())
     logger.setLevel(logging.ERROR if quiet else (logging.INFO if verbose else logging.WARNING))
     logger.propagate = False
+    # numpy's RuntimeWarnings (NaN model outputs, inf in float TIFFs) are the data's, not the
+    # user's business: the result says what happened, the warning would only add noise
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 
 def console() -> Any:
@@ -262,14 +280,18 @@ def emit(line: object) -> None:
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
 
 
-def write_json(document: Any, target: str | None) -> None:
+def write_json(document: Any, target: str | None, flag: str = "--json") -> None:
     """--json: JSON on stdout ('-' or a bare --json), or atomically to a file."""
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    # a file name that is not UTF-8 holds lone surrogates: written as \udcXX, a JSON escape
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if target in (None, "-", ""):
         emit(text.rstrip("\n"))
         return
     from ..images import write_text
+    from ..plan import check_writable_file
 
+    check_writable_file(Path(target), flag, ".json")  # never over an image, a pipe or a folder
     write_text(Path(target), text)
 
 

@@ -15,7 +15,7 @@ from . import common as c
 def generate(
     n: Annotated[int, typer.Option("-n", "--count", min=1, max=10_000_000, help="How many images.")] = 16,
     seed: Annotated[
-        int | None, typer.Option("--seed", min=0, help="Same seed, same images (default: random).")
+        int | None, typer.Option("--seed", help="Same seed, same images (default: random).")
     ] = None,
     model: c.ModelOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("segen-out"),
@@ -54,12 +54,17 @@ def generate(
     c.setup(quiet, verbose)
     import numpy as np
 
-    from ..generate import MAX_GRID_PIXELS, Generator, fresh_seed, make_grid
+    from ..generate import MAX_GRID_PIXELS, Generator, check_seed, fresh_seed, make_grid
     from ..images import save_image
-    from ..jobs import generate_files
+    from ..jobs import check_generate_outputs, generate_files, generated_path
+    from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
+    from ..plan import PlanError, check_writable_file
 
+    seed = check_seed(seed)  # one line with the limits, before the model is opened
+    check_threads(threads)
     if grid is not None:
+        check_writable_file(grid, "--grid", ".png")
         _check_grid_target(grid, overwrite)
     overrides = c.description(image_size, layout, pixel_scale, pixel_offset, latent_size=latent_size)
     generator = c.open_model(
@@ -79,6 +84,14 @@ def generate(
     if seed is None:
         seed = fresh_seed()
         c.note(f"segen-edge: seed {seed} (pass --seed {seed} to get the same images again)")
+    prefix = f"{generator.name}-s{seed}" if code is None else f"{generator.name}-c{code}-s{seed}"
+    check_generate_outputs(out, prefix, n)  # a folder where an image goes: refused, nothing written
+    if grid is not None and grid.parent.resolve() == out.resolve() and grid.name.startswith(prefix + "-"):
+        index = grid.stem[len(prefix) + 1 :]
+        if index.isdigit() and int(index) < n and generated_path(out, prefix, int(index)) == out / grid.name:
+            raise PlanError(
+                f"--grid {c.printable(grid)}: is where generated image {int(index)} goes; pick another name"
+            )
     show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
     keep_for_grid = []
     written = skipped = 0

@@ -175,7 +175,7 @@ def segment(
         "images": sorted(entries, key=lambda e: e["input"]),
     }
     if summary:
-        c.write_json(document, str(summary))
+        c.write_json(document, str(summary), "--summary")
     if as_json is not None:
         c.write_json(document, as_json)
     done = f"{counts['ok']} segmented, {counts['skipped']} skipped (outputs exist), {counts['failed']} failed"
