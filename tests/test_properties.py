@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from conftest import make_segmenter, segmenter_info
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -390,3 +391,139 @@ def test_class_ids_is_argmax_over_channels(n: int, c: int, h: int, w: int, seed:
     got = class_ids(logits)
     assert got.dtype == np.uint8 and got.shape == (n, h, w)
     np.testing.assert_array_equal(got, np.argmax(logits, axis=1))
+
+
+# -- output plan and manifest over random input trees (issue 17) ----------------------------
+
+TREE_FOLDERS = ("", "d", "d/e", "f")
+TREE_STEMS = ("x", "x.color", "x_png", "y", "a b", "é")
+TREE_SUFFIXES = (".png", ".jpg", ".bmp")
+TREE_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
+OUT_AT = {"outside": "out", "inside": "root/out", "equal": "root", "above": ".", "in-sub": "root/d"}
+
+
+@pytest.fixture(scope="module")
+def tree_segmenter(tmp_path_factory: pytest.TempPathFactory) -> object:
+    import segen_edge
+
+    path = make_segmenter(tmp_path_factory.mktemp("tree-model") / "tiny.onnx", segmenter_info())
+    return segen_edge.load_segmenter(str(path), device="cpu")
+
+
+@st.composite
+def tree_runs(draw: st.DrawFn) -> dict[str, object]:
+    files = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(TREE_FOLDERS),
+                st.sampled_from(TREE_STEMS),
+                st.sampled_from(TREE_SUFFIXES),
+                st.integers(0, 2),
+            ),
+            min_size=1,
+            max_size=6,
+            unique_by=lambda f: (f[0], f[1], f[2]),
+        )
+    )
+    rels = [str(Path(folder, stem + suffix)) for folder, stem, suffix, _ in files]
+    colour = {rel: f[3] for rel, f in zip(rels, files, strict=True)}
+    first = draw(st.lists(st.sampled_from(rels), min_size=1, unique=True))
+    second = draw(st.lists(st.sampled_from(rels), min_size=1, unique=True))  # added, removed, reordered
+    return {
+        "colour": colour,
+        "first": first,
+        "second": second,
+        "out_at": draw(st.sampled_from(sorted(OUT_AT))),
+        "by": draw(st.sampled_from(["folder", "files", "glob"])),
+        "kinds": draw(st.sampled_from([("mask",), ("mask", "color"), ("color", "overlay")])),
+    }
+
+
+def _lay_out(root: Path, rels: list[str], colour: dict[str, int]) -> None:
+    """Exactly these input files under root (others removed)."""
+    for path in [p for p in root.rglob("*") if p.is_file()] if root.exists() else []:
+        rel = str(path.relative_to(root))
+        if rel in colour and rel not in rels:
+            path.unlink()
+    for rel in rels:
+        path = root / rel
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = (3 + colour[rel], 2 + len(rel) % 3)
+            Image.new("RGB", (size[1], size[0]), TREE_COLOURS[colour[rel]]).save(path)
+
+
+def _args(root: Path, rels: list[str], by: str) -> list[str]:
+    if by == "files":
+        return [str(root / rel) for rel in rels]
+    if by == "glob":
+        present = sorted({Path(rel).suffix for rel in rels})
+        return [str(root / "**" / f"*{suffix}") for suffix in present]
+    return [str(root)]
+
+
+def _files(base: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in base.rglob("*") if p.is_file()}
+
+
+def _segment(seg: object, base: Path, rels: list[str], spec: dict[str, object]) -> dict[str, object] | None:
+    """One run into the tree under `base`; None when refused (then nothing changed on disk)."""
+    from segen_edge.jobs import segment_files
+    from segen_edge.plan import PlanError
+
+    root, out = base / "root", (base / OUT_AT[str(spec["out_at"])]).resolve()
+    _lay_out(root, rels, spec["colour"])  # type: ignore[arg-type]
+    before = _files(base)
+    inputs = {os.path.realpath(root / rel) for rel in rels}
+    try:
+        report = segment_files(
+            seg,  # type: ignore[arg-type]
+            _args(root, rels, str(spec["by"])),
+            out,
+            save=spec["kinds"],  # type: ignore[arg-type]
+            recursive=True,
+            lanes=1,
+            batch_size=2,
+        )
+    except PlanError:
+        assert _files(base) == before  # refused before any work
+        return None
+    after = _files(base)
+    outputs = [os.path.realpath(p) for r in report.results for p in r.outputs]
+    assert len(outputs) == len(set(outputs))  # no two outputs share a file
+    assert not inputs & set(outputs)  # no output is an input
+    assert all(o.startswith(str(out) + os.sep) for o in outputs)  # all under --out
+    for path, (stamp, data) in before.items():  # nothing that existed was rewritten
+        if path.name == "segen-manifest.jsonl":
+            assert after[path][1].startswith(data)  # appended to, never rewritten
+        else:
+            assert after.get(path) == (stamp, data), path
+    seen = {}
+    for r in report.results:
+        assert r.status in ("ok", "skipped"), r.error
+        rel = str(r.path.relative_to(root))
+        kinds = spec["kinds"]
+        assert len(r.outputs) == len(kinds)  # type: ignore[arg-type]
+        seen[rel] = {k: np.asarray(Image.open(p)).tobytes() for k, p in zip(kinds, r.outputs, strict=True)}  # type: ignore[call-overload]
+    return seen
+
+
+@settings(FEW, max_examples=80, database=None)
+@given(spec=tree_runs())
+def test_plan_never_overwrites_and_rerun_equals_a_fresh_run(
+    tree_segmenter: object, spec: dict[str, object]
+) -> None:
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="segen-tree-"))
+    try:
+        incremental, fresh = work / "a", work / "b"
+        first = _segment(tree_segmenter, incremental, spec["first"], spec)  # type: ignore[arg-type]
+        second = _segment(tree_segmenter, incremental, spec["second"], spec)  # type: ignore[arg-type]
+        alone = _segment(tree_segmenter, fresh, spec["second"], spec)  # type: ignore[arg-type]
+        event("refused" if None in (first, second, alone) else "compared with a fresh run")
+        if first is not None and second is not None and alone is not None:
+            assert second == alone  # each input's outputs hold what a fresh run gives it
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
