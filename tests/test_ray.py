@@ -15,7 +15,9 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
 from segen_edge import load_segmenter  # noqa: E402
+from segen_edge.errors import BadInputError  # noqa: E402
 from segen_edge.jobs import ImageResult, iter_segment_files  # noqa: E402
+from segen_edge.manifest import Manifest, rel_of  # noqa: E402
 from segen_edge.segment import RunSettings  # noqa: E402
 
 sr = pytest.importorskip("segen_edge.ray")
@@ -105,12 +107,12 @@ def test_same_results_and_bytes_as_the_local_engine(
     assert ray_files == local_files
 
 
-def test_manifest_resume_and_overwrite(
+def test_summary_manifest_resume_and_overwrite(
     ray_instance: None, seg_model: Path, photos: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    first = _ray_run(str(seg_model), [str(photos)], out, manifest=out / "run.parquet")
-    rows = sr.read_manifest(out / "run.parquet")
+    first = _ray_run(str(seg_model), [str(photos)], out, summary=out / "run.parquet")
+    rows = sr.read_summary(out / "run.parquet")
     assert len(rows) == len(first) == 12
     assert {r["status"] for r in rows} == {"ok", "failed"}
     assert all(r["model"] == "tiny-seg" for r in rows)
@@ -120,22 +122,25 @@ def test_manifest_resume_and_overwrite(
     assert all(len(r["outputs"]) == 2 and all(Path(o).is_file() for o in r["outputs"]) for r in ok)
     failed = [r for r in rows if r["status"] == "failed"]
     assert all(r["error"].startswith(r["input"]) for r in failed)
+    # the actors recorded every output in the folder's manifest, as the local job does
+    manifest = Manifest.load(out)
+    assert {rel_of(out, Path(o)) for r in ok for o in r["outputs"]} == manifest.recorded_outputs()
+    assert all(manifest.owner(rel_of(out, Path(o))).state == "done" for r in ok for o in r["outputs"])
 
     one = out / "img1.png"
     stamp = os.stat(one).st_mtime_ns
-    again = _ray_run(str(seg_model), [str(photos)], out)  # default JSONL manifest
+    (out / "img2.png").unlink()
+    again = _ray_run(str(seg_model), [str(photos)], out)  # default JSONL summary
     counts = {s: sum(r.status == s for r in again) for s in ("ok", "skipped", "failed")}
-    assert counts == {"ok": 0, "skipped": 10, "failed": 2}
-    assert os.stat(one).st_mtime_ns == stamp  # a skipped output is not rewritten
+    assert counts == {"ok": 1, "skipped": 9, "failed": 2}
     by_input = {r.source.path.name: r for r in again}
+    assert by_input["img2.png"].status == "ok" and by_input["img2.png"].written == [out / "img2.png"]
+    assert os.stat(one).st_mtime_ns == stamp  # a skipped output is not rewritten
     firsts = {r.source.path.name: r for r in first}
-    assert by_input["img1.png"].fractions == firsts["img1.png"].fractions  # read back from the mask
-    jsonl = sr.read_manifest(out / sr.MANIFEST_NAME)
+    assert by_input["img1.png"].fractions == firsts["img1.png"].fractions  # from the manifest
+    jsonl = sr.read_summary(out / sr.SUMMARY_NAME)
     assert sorted(r["status"] for r in jsonl) == sorted(r.status for r in again)
 
-    (out / "img2.png").unlink()
-    partial = _ray_run(str(seg_model), [str(photos)], out)
-    assert [r.source.path.name for r in partial if r.status == "ok"] == ["img2.png"]
     forced = _ray_run(str(seg_model), [str(photos)], out, overwrite=True)
     assert sum(r.status == "ok" for r in forced) == 10
 
@@ -185,11 +190,11 @@ def test_stop_ends_the_run_cleanly(ray_instance: None, seg_model: Path, photos: 
 
 
 def test_bad_arguments_are_clear_errors(ray_instance: None, seg_model: Path, tmp_path: Path) -> None:
-    from segen_edge.errors import BadInputError
-
     with pytest.raises(BadInputError, match="no such file"):
         sr.segment_dataset(seg_model, [str(tmp_path / "missing")], tmp_path / "out")
     with pytest.raises(BadInputError, match="--actors 0"):
         sr.segment_dataset(seg_model, [str(tmp_path)], tmp_path / "out", actors=0)
     with pytest.raises(BadInputError, match="--save"):
         sr.segment_dataset(seg_model, [str(tmp_path)], tmp_path / "out", save=("nope",))
+    with pytest.raises(BadInputError, match="mount the bucket"):
+        sr.segment_dataset(seg_model, ["s3://bucket/photos/"], tmp_path / "out")
