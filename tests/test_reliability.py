@@ -620,3 +620,266 @@ def test_second_sigint_aborts_without_traceback_or_torn_files(seg_model: Path, t
     for path in _pngs(out):
         assert_whole_png(path)
     assert _leftovers(out) == []
+
+
+# -- issue 17: nothing lost, nothing confusing -------------------------------------------------
+
+
+def _digests(root: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_out_a_parent_of_the_input_folder_never_touches_an_input(seg_model: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    solid(root / "in" / "x.png", RED)
+    solid(root / "in" / "in" / "x.png", GREEN)  # mirrored, its mask would be p/in/x.png: an input
+    inputs = _digests(root)
+    args = ("segment", root / "in", "-r", "-m", seg_model, "-o", root, "--device", "cpu", "--overwrite")
+    for _ in range(2):  # with --overwrite, twice: the second run must not segment the first's outputs
+        run = segen(*args)
+        assert run.code == 0, run.stderr
+        assert {p: d for p, d in _digests(root).items() if p in inputs} == inputs
+    assert (assert_whole_png(root / "x.png") == 0).all()
+    assert (assert_whole_png(root / "in" / "x.mask.png") == 1).all()
+    assert "2 segmented" in run.stderr
+
+
+def test_summary_json_and_grid_never_replace_an_image(
+    seg_model: Path, gen_model: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    photo = photo_dir / "red.png"
+    before = photo.read_bytes()
+    base = ("segment", photo_dir, "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu")
+    line = _one_error_line(segen(*base, "--summary", photo))
+    assert "is an input of this run" in line, line
+    same = tmp_path / "s.json"
+    line = _one_error_line(segen(*base, "--summary", same, "--json", same))
+    assert "also given to --summary" in line, line
+    holiday = solid(tmp_path / "holiday.jpg", BLUE)
+    line = _one_error_line(segen(*base, "--summary", holiday))
+    assert "not a .json file" in line
+    assert photo.read_bytes() == before and not (tmp_path / "out").exists()  # refused before any work
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.json")
+        line = _one_error_line(segen(*base, "--summary", tmp_path / "pipe.json"))  # never opened: no hang
+        assert "not a regular file" in line
+
+    gen = ("generate", "-m", gen_model, "-n", "3", "--seed", "1", "-o", tmp_path / "g", "--device", "cpu")
+    kept = holiday.read_bytes()
+    line = _one_error_line(segen(*gen, "--grid", holiday))
+    assert "not a .png file" in line and holiday.read_bytes() == kept
+    line = _one_error_line(segen(*gen, "--grid", tmp_path / "g" / "tiny-gen-s1-00001.png"))
+    assert "is where generated image 1 goes" in line
+    grid = solid(tmp_path / "grid.png", RED)
+    kept = grid.read_bytes()
+    run = segen(*gen, "--grid", grid)  # the skip rule: an existing grid is kept ...
+    assert run.code == 0 and "kept (--overwrite replaces it)" in run.stderr and grid.read_bytes() == kept
+    run = segen(*gen, "--grid", grid, "--overwrite")  # ... and replaced with --overwrite
+    assert run.code == 0 and grid.read_bytes() != kept
+
+
+def test_generate_numbers_and_a_folder_in_the_way_are_one_line(gen_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g"
+    base = ("generate", "-m", gen_model, "-n", "3", "-o", out, "--device", "cpu")
+    line = _one_error_line(segen(*base, "--seed", "-1"))
+    assert "--seed -1: expected a whole number from 0 to" in line
+    line = _one_error_line(segen(*base, "--seed", "1", "--threads", "100000"))
+    assert "--threads 100000: expected 1 to" in line
+    (out / "tiny-gen-s1-00001.png").mkdir(parents=True)
+    line = _one_error_line(segen(*base, "--seed", "1"))
+    assert "tiny-gen-s1-00001.png: a folder or special file is where a generated image goes" in line
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-gen-s1-00001.png"]  # nothing written
+
+
+def test_adding_a_kind_keeps_a_hand_edited_mask(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ("segment", photo_dir, "-m", seg_model, "-o", out, "--device", "cpu", "--list")
+    assert segen(*base).code == 0
+    Image.fromarray(np.full((20, 30), 2, np.uint8)).save(out / "red.png")  # fixed by hand
+    edited = (out / "red.png").read_bytes()
+    run = segen(*base, "--save", "mask,color")
+    assert run.code == 0, run.stderr
+    assert sorted(Path(p).name for p in run.stdout.split()) == [
+        "blue.color.png",
+        "green.color.png",
+        "red.color.png",
+    ]
+    assert (out / "red.png").read_bytes() == edited
+    assert "3 segmented" in run.stderr  # the model ran for the new kind only
+
+
+def test_changed_input_set_never_credits_one_input_with_anothers_output(
+    seg_model: Path, tmp_path: Path
+) -> None:
+    folder, out, summary = tmp_path / "in", tmp_path / "out", tmp_path / "s.json"
+    solid(folder / "a.png", RED)
+    base = ("segment", "-m", seg_model, "-o", out, "--device", "cpu", "--summary", summary)
+    assert segen(base[0], folder, *base[1:]).code == 0
+    solid(folder / "a.jpg", BLUE)  # added; sorts before a.png
+    for args in ([folder / "a.jpg", folder / "a.png"], [folder / "a.png", folder / "a.jpg"], [folder]):
+        run = segen(base[0], *args, *base[1:])
+        assert run.code == 0, run.stderr
+        entries = load_summary(summary)
+        red, blue = entries[(folder / "a.png").as_posix()], entries[(folder / "a.jpg").as_posix()]
+        assert red["outputs"] == [str(out / "a.png")] and (assert_whole_png(out / "a.png") == 0).all()
+        assert (
+            blue["outputs"] == [str(out / "a_jpg.png")] and (assert_whole_png(out / "a_jpg.png") == 2).all()
+        )
+
+
+def test_another_model_into_the_same_out_is_refused(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ("segment", photo_dir, "-o", out, "--device", "cpu")
+    assert segen(*base, "-m", seg_model).code == 0
+    other = make_segmenter(tmp_path / "other.onnx", segmenter_info(palette=((9, 9, 9), (8, 8, 8), (7, 7, 7))))
+    masks = _digests(out)
+    line = _one_error_line(segen(*base, "-m", other))
+    assert "made by another run than this one (model tiny-seg-fp32.onnx" in line and "-> other.onnx" in line
+    assert "pass --overwrite to redo them, or pick another --out" in line
+    assert _digests(out) == masks
+    assert segen(*base, "-m", other, "--overwrite").code == 0
+
+
+def test_glob_with_dotdot_after_a_wildcard_is_refused(seg_model: Path, tmp_path: Path) -> None:
+    solid(tmp_path / "photos" / "a" / "x.png", RED)
+    solid(tmp_path / "elsewhere" / "y.png", RED)
+    pattern = str(tmp_path / "photos" / "*" / ".." / ".." / "elsewhere" / "*.png")
+    line = _one_error_line(
+        segen("segment", pattern, "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu")
+    )
+    assert "would land outside --out" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda d: "-", "-: reading images from stdin is not supported"),
+        (lambda d: "https://example.com/cat.jpg", "URLs are not supported"),
+        (
+            lambda d: (d / "clip.mp4").write_bytes(b"\0" * 16) and d / "clip.mp4",
+            "video is not supported; extract frames first, e.g. with ffmpeg",
+        ),
+    ],
+    ids=["stdin", "url", "video"],
+)
+def test_unsupported_inputs_are_named_as_such(
+    seg_model: Path, tmp_path: Path, make: object, expected: str
+) -> None:
+    arg = make(tmp_path)  # type: ignore[operator]
+    line = _one_error_line(segen("segment", arg, "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu"))
+    assert expected in line, line
+
+
+def test_dev_zero_as_an_input_is_one_failed_line(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    run = segen("segment", photo_dir, "/dev/zero", "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu")
+    assert run.code == 1
+    (line,) = run.errors
+    assert "/dev/zero: not a regular file" in line
+    assert "3 segmented" in run.stderr
+
+
+def test_out_naming_a_png_with_one_input_writes_that_file(
+    seg_model: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "mask.png"
+    run = segen(
+        "segment", photo_dir / "green.jpg", "-m", seg_model, "-o", target, "--device", "cpu", "--list"
+    )
+    assert run.code == 0, run.stderr
+    assert target.is_file() and (assert_whole_png(target) == 1).all()
+    assert run.stdout.split() == [str(target)]
+    again = _one_error_line(
+        segen("segment", photo_dir / "green.jpg", "-m", seg_model, "-o", target, "--device", "cpu")
+    )
+    assert "exists; pass --overwrite to replace it" in again
+    line = _one_error_line(
+        segen("segment", photo_dir, "-m", seg_model, "-o", tmp_path / "m2.png", "--device", "cpu")
+    )
+    assert "names one file, but the inputs hold 3 images" in line
+
+
+def test_long_names_newlines_and_bytes_that_are_not_utf8(seg_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    long_stem = "p" * 240  # its outputs fit in 255 bytes; their temporary names must too
+    solid(folder / f"{long_stem}.png", RED)
+    (folder / "bad\nname.png").write_bytes(b"not an image")
+    raw = os.fsencode(folder) + b"/caf\xe9.png"
+    with open(raw, "wb") as fh:
+        fh.write(b"not an image either")
+    command = [sys.executable, "-m", "segen_edge.cli", "segment", str(folder), "-m", str(seg_model)]
+    command += ["-o", str(tmp_path / "out"), "--device", "cpu", "--save", "mask,overlay"]
+    env = dict(os.environ, PYTHONIOENCODING="ascii:strict")  # a strict terminal
+    done = subprocess.run(command, capture_output=True, env=env, timeout=120)
+    stderr = done.stderr.decode("ascii")  # nothing but ASCII reached it
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert (
+        len(errors) == 2
+        and any("bad\\nname.png" in e for e in errors)
+        and any("caf\\udce9.png" in e for e in errors)
+    )
+    assert "1 segmented" in stderr
+    made = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert f"{long_stem}.png" in made and f"{long_stem}.overlay.png" in made
+
+
+def test_nan_model_outputs_make_no_warning_noise(tmp_path: Path, photo_dir: Path) -> None:
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", "H", "W", 3])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "H", "W", 3])
+    nodes = [
+        helper.make_node("Sub", ["image", "image"], ["z"]),
+        helper.make_node("Div", ["z", "z"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "nan", [x], [y])
+    model = _save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        tmp_path / "nan.onnx",
+        segmenter_info(),
+    )
+    command = [sys.executable, "-m", "segen_edge.cli", "segment", str(photo_dir), "-m", str(model)]
+    command += ["-o", str(tmp_path / "out"), "--device", "cpu", "--save", "mask,overlay"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr and "invalid value" not in done.stderr, done.stderr
+
+
+def test_segment_json_progress_total_and_quiet_verbose_on_every_verb(
+    seg_model: Path, photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segen_edge.cli import common
+
+    totals: list[object] = []
+
+    class Bar:
+        def __enter__(self) -> Bar:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def add_task(self, label: str, total: object = None) -> int:
+            totals.append(total)
+            return 0
+
+        def advance(self, *args: object) -> None:
+            return None
+
+        def update(self, *args: object, **kw: object) -> None:
+            return None
+
+    monkeypatch.setattr(common, "progress", lambda label: Bar())
+    run = segen("segment", photo_dir, "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu", "--json")
+    assert run.code == 0, run.stderr
+    document = json.loads(run.stdout)  # stdout carries the summary only: no paths mixed in
+    assert document["counts"] == {"ok": 3, "skipped": 0, "failed": 0}
+    assert totals == [3]  # the bar knows the total (and so its ETA) from the plan
+    quiet = segen(
+        "segment", photo_dir, "-m", seg_model, "-o", tmp_path / "out", "--device", "cpu", "-q", "--no-list"
+    )
+    assert quiet.code == 0 and quiet.stdout == "" and quiet.stderr == ""
+    for verb in ("segment", "generate", "bench", "info", "evaluate", "models"):
+        text = segen(verb, "--help").stdout
+        assert "--quiet" in text and "--verbose" in text, verb
