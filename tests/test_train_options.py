@@ -406,4 +406,4 @@ def test_weights_of_another_encoder_are_refused(tmp_path: Path, capsys: pytest.C
         "--encoder-weights",
         str(path),
     )
-    _refused(capsys, code, "not weights of a efficientnetb0 encoder")
+    _refused(capsys, code, "not weights of the efficientnetb0 encoder")

@@ -11,6 +11,7 @@ their first convolution's input channels are reversed on loading, so the model t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +126,17 @@ def _backbone(name: str, inputs: keras.KerasTensor) -> keras.Model:
 
 
 def load_encoder_weights(backbone: keras.Model, spec: EncoderSpec, path: Path) -> None:
+    """Load `path` into the backbone; a file of another network is one clear error (Keras'
+    per-layer warnings about it are silenced: the error says it all)."""
     try:
-        backbone.load_weights(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backbone.load_weights(str(path))
     except (ValueError, KeyError, OSError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInputError(
-            f"--encoder-weights {path}: not weights of a {spec.name} encoder without its top "
-            f"({first[:160]}); give that encoder's file or another --encoder"
+            f"--encoder-weights {path}: not weights of the {spec.name} encoder without its "
+            f"top ({first[:160]}); give that encoder's file or another --encoder"
         ) from None
     if spec.bgr_conv:
         layer = backbone.get_layer(spec.bgr_conv)
