@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and trains Keras models
 pytest.importorskip("tensorflow")
 import keras
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # builds and trains Keras models
 pytest.importorskip("tensorflow")
 
 from segen_edge.errors import BadInputError

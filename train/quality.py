@@ -128,7 +128,7 @@ class QualityScorer:
         `replace`; one from an older version is replaced.
         """
         cache = Path(cache_dir)
-        size = tuple(int(v) for v in data.images_u8.shape[1:3])
+        size = (int(data.images_u8.shape[1]), int(data.images_u8.shape[2]))
         channels = int(data.images_u8.shape[-1])
         if (cache / CLASSIFIER_INFO).is_file():
             info = read_json(cache / CLASSIFIER_INFO)
@@ -171,7 +171,9 @@ class QualityScorer:
         x = _scale(data.images_u8)
         print(f"quality: training the {data.name} classifier on {len(x)} real images", flush=True)
         classifier.fit(x, data.labels, batch_size=128, epochs=epochs, verbose=2, shuffle=True)
-        real_u8, real_labels = data.held_out()
+        real_u8, held_labels = data.held_out()
+        assert held_labels is not None  # data.labels is set (checked above), so held_out has them
+        real_labels = held_labels
         order = np.random.default_rng(seed).permutation(len(real_u8))
         n = min(samples, len(real_u8) // 2)
         half_a, half_b = order[:n], order[n : 2 * n]
