@@ -32,12 +32,17 @@ from train.quality import QualityScorer, blend_confidence
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="bundled name or .onnx file")
-    parser.add_argument("--classifier", action="append", required=True,
-                        help="quality classifier cache folder (repeat for several)")
+    parser.add_argument(
+        "--classifier",
+        action="append",
+        required=True,
+        help="quality classifier cache folder (repeat for several)",
+    )
     parser.add_argument("--samples", type=int, default=1000, help="images per draw")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one draw per seed")
-    parser.add_argument("--data", help="the classifiers' data set, to measure the blend check "
-                        "for caches that lack it")
+    parser.add_argument(
+        "--data", help="the classifiers' data set, to measure the blend check for caches that lack it"
+    )
     args = parser.parse_args(argv)
 
     scorers = {path: QualityScorer.load(path) for path in args.classifier}
@@ -47,27 +52,36 @@ def main(argv: list[str] | None = None) -> int:
             if labels is None:
                 raise SystemExit(f"{args.data}: no class labels, so no blend check")
             scorer.info["blend_confident_fraction"] = blend_confidence(
-                scorer.probabilities, images, labels, scorer.info.get("seed", 0))
-    print("| model | classifier (real: accuracy, confident; blends: confident) "
-          "| confident per draw | mean +- sd "
-          "| min class | Frechet (floor) |")
+                scorer.probabilities, images, labels, scorer.info.get("seed", 0)
+            )
+    print(
+        "| model | classifier (real: accuracy, confident; blends: confident) "
+        "| confident per draw | mean +- sd "
+        "| min class | Frechet (floor) |"
+    )
     print("|---|---|---|---|---|---|")
     for spec in args.models:
         generator = open_model(spec, "generate", device="cpu")
-        draws = {seed: np.concatenate(list(generator.generate(args.samples, seed, batch_size=500)))
-                 for seed in args.seeds}
+        draws = {
+            seed: np.concatenate(list(generator.generate(args.samples, seed, batch_size=500)))
+            for seed in args.seeds
+        }
         for path, scorer in scorers.items():
             scores = [scorer.score(images_u8) for images_u8 in draws.values()]
             confident = [s["confident_fraction"] for s in scores]
             spread = statistics.stdev(confident) if len(confident) > 1 else 0.0
             blends = scorer.info.get("blend_confident_fraction")
-            real = (f"{scorer.info['real_accuracy']:.4f}, {scorer.info['real_confident_fraction']:.3f}; "
-                    + ("-" if blends is None else f"{blends:.3f}"))
-            print(f"| {spec} | {path} ({real}) | {', '.join(f'{c:.3f}' for c in confident)} "
-                  f"| {statistics.mean(confident):.3f} +- {spread:.3f} "
-                  f"| {min(s['min_class_coverage'] for s in scores):.3f} "
-                  f"| {statistics.mean(s['frechet_distance'] for s in scores):.2f} "
-                  f"({scorer.floor:.2f}) |", flush=True)
+            real = f"{scorer.info['real_accuracy']:.4f}, {scorer.info['real_confident_fraction']:.3f}; " + (
+                "-" if blends is None else f"{blends:.3f}"
+            )
+            print(
+                f"| {spec} | {path} ({real}) | {', '.join(f'{c:.3f}' for c in confident)} "
+                f"| {statistics.mean(confident):.3f} +- {spread:.3f} "
+                f"| {min(s['min_class_coverage'] for s in scores):.3f} "
+                f"| {statistics.mean(s['frechet_distance'] for s in scores):.2f} "
+                f"({scorer.floor:.2f}) |",
+                flush=True,
+            )
     return 0
 
 

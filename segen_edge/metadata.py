@@ -89,8 +89,11 @@ class ModelInfo:
             raise bad("pixel_offset", self.pixel_offset, "a finite number")
         if self.mean or self.std:
             if len(self.mean) != self.channels or len(self.std) != self.channels:
-                raise bad("mean", [list(self.mean), list(self.std)],
-                          f"mean and std of {self.channels} values each, one per channel")
+                raise bad(
+                    "mean",
+                    [list(self.mean), list(self.std)],
+                    f"mean and std of {self.channels} values each, one per channel",
+                )
             if not all(math.isfinite(v) for v in self.mean):
                 raise bad("mean", list(self.mean), "finite numbers")
             if not all(math.isfinite(v) and v > 0 for v in self.std):

@@ -35,7 +35,7 @@ def test_load_picks_the_class_by_task_and_typed_loaders_refuse_the_other(
 ) -> None:
     assert isinstance(segen_edge.load(seg_model), segen_edge.Segmenter)
     assert isinstance(segen_edge.load(gen_model), segen_edge.Generator)
-    with pytest.raises(ModelError, match="is a generate model.*segen-edge generate"):
+    with pytest.raises(ModelError, match=r"is a generate model.*segen-edge generate"):
         segen_edge.load_segmenter(gen_model)
     with pytest.raises(ModelError, match="is a segment model"):
         segen_edge.load_generator(seg_model)

@@ -11,8 +11,8 @@ from segen_edge import zoo
 from segen_edge.bench import sample_batch
 from segen_edge.evaluate import evaluate, held_out_pairs
 from segen_edge.generate import Generator
-from segen_edge.metadata import ModelInfo
 from segen_edge.loading import load
+from segen_edge.metadata import ModelInfo
 from segen_edge.onnxmeta import read_metadata
 from segen_edge.segment import Segmenter
 

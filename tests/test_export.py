@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # converts and quantizes real Keras models
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf2onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -24,6 +23,8 @@ from segen_edge.metadata import ModelInfo  # noqa: E402
 SIZE = 32
 STEMS = [f"img{i:02d}" for i in range(12)]
 HELD_OUT = STEMS[:4]
+
+pytestmark = pytest.mark.slow  # converts and quantizes real Keras models
 
 
 def _square_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -170,8 +170,8 @@ def test_fixed_1x3x512x512_graph(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     Image.fromarray(images[0]).save(tmp_path / "in" / "big.png")
     code, _, stderr = run(
-        "segment", str(tmp_path / "in" / "big.png"), "-m", str(model), "-o", str(tmp_path / "o"), "--class-names",
-        NAMES, "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
+        "segment", str(tmp_path / "in" / "big.png"), "-m", str(model), "-o", str(tmp_path / "o"),
+        "--class-names", NAMES, "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD)),
     )  # fmt: skip
     assert code == 0, stderr
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "big.png")), results[0].ids)

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from conftest import solid
 
-from segen_edge.images import find_images
+from segen_edge.jobs import generate_files, iter_segment_files
 from segen_edge.loading import load
 from segen_edge.pipeline import cpu_count, lanes_for, ordered_map
-from segen_edge.jobs import generate_files, iter_segment_files
 
 
 def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:

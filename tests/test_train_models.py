@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # builds and trains Keras models
 pytest.importorskip("tensorflow")
 import keras
 
@@ -19,6 +18,8 @@ from train.models import (
     build_unet,
 )
 from train.models.fcn import bilinear_kernel
+
+pytestmark = pytest.mark.slow  # builds and trains Keras models
 
 
 def test_unet_shapes_and_real_skip_concatenations() -> None:
@@ -86,16 +87,17 @@ def test_dcgan_shapes(size: int, channels: int) -> None:
 
 def test_discriminator_norm_follows_the_paper() -> None:
     """BatchNorm after every strided conv but the first (Radford et al.); none when asked."""
+
     def norms(model: keras.Model) -> list[str]:
-        return [layer.name for layer in model.layers
-                if isinstance(layer, keras.layers.BatchNormalization)]
+        return [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
     assert norms(build_discriminator(32, 1, filters=8)) == ["down1_bn", "down2_bn"]
     assert norms(build_discriminator(64, 3, filters=8)) == ["down1_bn", "down2_bn", "down3_bn"]
     plain = build_discriminator(32, 1, filters=8, batchnorm=False, dropout=0.2)
     assert norms(plain) == [] and plain.get_layer("dropout").rate == 0.2
-    assert not any(isinstance(layer, keras.layers.Dropout)
-                   for layer in build_discriminator(32, 1, filters=8).layers)
+    assert not any(
+        isinstance(layer, keras.layers.Dropout) for layer in build_discriminator(32, 1, filters=8).layers
+    )
 
 
 def test_gan_trains_a_few_steps_and_is_seeded() -> None:
@@ -125,15 +127,17 @@ def test_categorical_code_is_the_one_hot_of_the_first_latents_argmax(tmp_path) -
     generator = build_generator(7, 32, 1, filters=8, codes=4)
     generator.save(tmp_path / "g.keras")
     loaded = keras.models.load_model(tmp_path / "g.keras")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(latents[:4])),
-                               keras.ops.convert_to_numpy(generator(latents[:4])), atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(latents[:4])),
+        keras.ops.convert_to_numpy(generator(latents[:4])),
+        atol=1e-6,
+    )
     with pytest.raises(BadInputError, match="code categories"):
         build_generator(4, 32, 1, codes=4)
 
 
 def test_code_loss_targets_the_latents_code() -> None:
-    gan = GAN(build_generator(6, 32, 1, filters=8, codes=3),
-              build_discriminator(32, 1, filters=8, codes=3))
+    gan = GAN(build_generator(6, 32, 1, filters=8, codes=3), build_discriminator(32, 1, filters=8, codes=3))
     gan.compile()
     latents = np.array([[2.0, 0, 0, 1, 1, 1], [0, 0, 3.0, 1, 1, 1]], np.float32)
     right = np.array([[9.0, 0, 0], [0, 0, 9.0]], np.float32)

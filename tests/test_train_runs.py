@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.slow  # builds and trains Keras models
 pytest.importorskip("tensorflow")
 
 from segen_edge.errors import BadInputError
@@ -29,6 +28,8 @@ from train.data import (
     read_idx,
     split_pairs,
 )
+
+pytestmark = pytest.mark.slow  # builds and trains Keras models
 
 
 def _pets(root: Path, n: int = 8, size: int = 32) -> Path:

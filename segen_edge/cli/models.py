@@ -111,7 +111,8 @@ def info(
     inferred = infer_description(graph).get("task")
     for verb in ("segment", "generate"):
         if not has_meta and inferred and inferred != verb:
-            verbs[verb] = f"no: a {inferred} model (its input is {'an image' if inferred == 'segment' else 'a latent'} batch)"
+            batch = "an image" if inferred == "segment" else "a latent"
+            verbs[verb] = f"no: a {inferred} model (its input is {batch} batch)"
             continue
         try:
             found = describe(graph, {"task": verb, **overrides} if not has_meta else overrides, str(path))
