@@ -120,7 +120,12 @@ def input_stat(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 def rel_of(out_dir: Path, path: Path) -> str:
     """An output's REL: relative to OUT, POSIX separators."""
-    return PurePosixPath(*Path(os.path.relpath(path, out_dir)).parts).as_posix()
+    text, prefix = os.fspath(path), os.fspath(out_dir).rstrip(os.sep) + os.sep
+    if text.startswith(prefix) and f"{os.sep}..{os.sep}" not in text[len(prefix) - 1 :] + os.sep:
+        rel = text[len(prefix) :]  # outputs are built as OUT / REL: no need to ask relpath
+    else:
+        rel = os.path.relpath(path, out_dir)
+    return rel.replace(os.sep, "/") if os.sep != "/" else PurePosixPath(rel).as_posix()
 
 
 class Manifest:

@@ -222,19 +222,21 @@ def _assign(
     single: bool,
 ) -> dict[str, Planned]:
     out_abs = os.path.normpath(os.path.abspath(out))
-    inputs_real = {os.path.realpath(s.path): s for s in sources}
+    real_of = _Real()
+    inputs_real = {real_of(s.path): s for s in sources}
+    recorded = bool(manifest and manifest.owners)
     roots = [os.path.realpath(_root_of(a)) for a in args]
     claimed: dict[str, str] = {}  # realpath of an output -> the input that has it
     planned: dict[str, Planned] = {}
 
     def blocked(path: Path, who: str) -> str:
         """'' when `who` may write `path`; else 'input' (an input of the run) or 'taken'."""
-        real = os.path.realpath(path)
+        real = real_of(path)
         if real in inputs_real:
             return "input"
         if claimed.get(real, who) != who:
             return "taken"
-        if manifest is not None:
+        if recorded and manifest is not None:
             owner = manifest.owner(rel_of(out, path))
             mine = owner is None or owner.input == who
             if not mine and (owner.input in live_inputs or os.path.lexists(path)):  # type: ignore[union-attr]
@@ -247,14 +249,14 @@ def _assign(
 
     def claim(entry: Planned) -> None:
         for path in entry.targets.values():
-            claimed[os.path.realpath(path)] = entry.key
+            claimed[real_of(path)] = entry.key
 
     live_inputs = {os.path.abspath(s.path) for s in sources}
     if single:
         (src,) = sources
         base = out.with_suffix("")
         targets = {k: (out if k == "mask" else base.with_name(base.name + SUFFIXES[k])) for k in kinds}
-        if os.path.realpath(out) in inputs_real:
+        if real_of(out) in inputs_real:
             raise PlanError(f"-o {_show(out)} is the input itself; pick another name")
         entry = Planned(src, targets, base)
         return {entry.key: entry}
@@ -271,7 +273,7 @@ def _assign(
             )
         record = manifest.inputs.get(key) if manifest else None
         if record is not None and record.outputs:
-            sticky = _sticky(out, kinds, record, _scanned(natural, roots))
+            sticky = _sticky(out, kinds, record, _scanned(natural, roots, real_of))
             if not free(sticky.targets, key):
                 entry = Planned(src, sticky.targets, sticky.base)
                 planned[key] = entry
@@ -281,7 +283,7 @@ def _assign(
 
     for natural, src in sorted(fresh, key=lambda pair: (pair[0], os.fsencode(pair[1].path))):
         key = os.path.abspath(src.path)
-        suffixed = _scanned(natural, roots)
+        suffixed = _scanned(natural, roots, real_of)
         for base in _bases(Path(natural), src):
             targets = _targets(base, kinds, suffixed, src)
             why = free(targets, key)
@@ -342,9 +344,9 @@ def _fit(stem: str, suffix_bytes: int, src: Source) -> str:
     return cut + tag
 
 
-def _scanned(folder_of_base: str, roots: list[str]) -> bool:
+def _scanned(folder_of_base: str, roots: list[str], real_of: _Real) -> bool:
     """Whether outputs at this stem land in (or under) a folder the run reads."""
-    folder = os.path.realpath(os.path.dirname(folder_of_base))
+    folder = real_of.folder(os.path.dirname(folder_of_base))
     return any(folder == r or folder.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
@@ -356,10 +358,38 @@ def _root_of(arg: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
+class _Real:
+    """os.path.realpath of files, resolving each folder once (a file's own symlink too):
+    realpath costs a system call per path component, which shows over 100,000 files."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}
+        self._files: dict[str, str] = {}
+
+    def folder(self, folder: str) -> str:
+        real = self._folders.get(folder)
+        if real is None:
+            real = self._folders[folder] = os.path.realpath(folder or ".")
+        return real
+
+    def __call__(self, path: os.PathLike[str] | str) -> str:
+        text = os.fspath(path)
+        known = self._files.get(text)
+        if known is None:
+            folder, name = os.path.split(text)
+            joined = os.path.join(self.folder(folder), name)
+            known = os.path.realpath(joined) if os.path.islink(joined) else joined
+            self._files[text] = known
+        return known
+
+
 def _check_reserved(plan: OutputPlan, sources: list[Source], reserved: Mapping[str, Any]) -> None:
     """--summary and --json FILE: never on an input, an output, a non-JSON file or a non-file."""
-    inputs = {os.path.realpath(s.path) for s in sources}
-    outputs = {os.path.realpath(p) for p in plan.outputs()}
+    if not any(v is not None and os.fspath(v) not in ("", "-") for v in reserved.values()):
+        return
+    real_of = _Real()
+    inputs = {real_of(s.path) for s in sources}
+    outputs = {real_of(p) for p in plan.outputs()}
     seen: dict[str, str] = {}
     for flag, value in reserved.items():
         if value is None or os.fspath(value) in ("", "-"):
