@@ -681,6 +681,9 @@ def test_summary_json_and_grid_never_replace_an_image(
 def test_generate_numbers_and_a_folder_in_the_way_are_one_line(gen_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "g"
     base = ("generate", "-m", gen_model, "-n", "3", "-o", out, "--device", "cpu")
+    run = segen(*base, "--seed", "2", "--json", "-o", tmp_path / "j")  # --json as on every verb
+    document = json.loads(run.stdout)
+    assert run.code == 0 and document["seed"] == 2 and document["counts"] == {"written": 3, "skipped": 0}
     line = _one_error_line(segen(*base, "--seed", "-1"))
     assert "--seed -1: expected a whole number from 0 to" in line
     line = _one_error_line(segen(*base, "--seed", "1", "--threads", "100000"))

@@ -37,6 +37,14 @@ def generate(
     list_outputs: Annotated[
         bool | None, typer.Option("--list/--no-list", help="Print each output path (default: when piped).")
     ] = None,
+    as_json: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            help="A summary (seed, files, grid) as JSON on stdout; --json FILE.json writes it to a file.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=1024)] = 16,
     device: c.DeviceOpt = Device.auto,
@@ -93,7 +101,12 @@ def generate(
                 f"--grid {c.printable(grid)}: is where generated image {int(index)} goes; pick another name"
             )
     show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
+    if as_json == "-":
+        show_paths = False  # stdout carries the JSON alone
+    if as_json not in (None, "-"):
+        check_writable_file(Path(as_json), "--json", ".json")
     keep_for_grid = []
+    listed: list[dict[str, object]] = []
     written = skipped = 0
     with c.graceful_stop() as stop, c.progress("generate") as bar:
         task = bar.add_task("generate", total=n)
@@ -112,6 +125,7 @@ def generate(
             stop.announce()
             if grid is not None:
                 keep_for_grid.append(result.image)
+            listed.append({"path": c.printable(result.path), "written": result.written})
             if result.written:
                 written += 1
                 if show_paths:
@@ -121,10 +135,24 @@ def generate(
             if count % batch_size == 0 or count == n:
                 bar.update(task, completed=count)
         interrupted = stop.is_set()
+    grid_written = False
     if grid is not None and keep_for_grid and not (grid.exists() and not overwrite):
         save_image(grid, make_grid(np.stack(keep_for_grid), scale=grid_scale))
+        grid_written = True
         if show_paths:
             c.emit(c.printable(grid))
+    if as_json is not None:
+        document = {
+            "model": generator.info.name or str(generator.path),
+            "seed": seed,
+            "code": code,
+            "size_hw": [generator.info.height, generator.info.width],
+            "counts": {"written": written, "skipped": skipped},
+            "interrupted": interrupted,
+            "files": listed,
+            "grid": {"path": c.printable(grid), "written": grid_written} if grid is not None else None,
+        }
+        c.write_json(document, as_json)
     done = f"{written} written, {skipped} skipped (exist; --overwrite replaces); in {c.printable(out)}"
     if interrupted:
         c.stopped(stop, done)
