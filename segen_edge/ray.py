@@ -312,8 +312,9 @@ class SegmentActor:
         return pa.Table.from_pylist(results, schema=self.schema)
 
     def __del__(self) -> None:
-        if getattr(self, "manifest", None) is not None:
-            self.manifest.close()
+        manifest = getattr(self, "manifest", None)
+        if manifest is not None:
+            manifest.close()
 
 
 def segment_rows(
@@ -423,8 +424,17 @@ def connect(address: str | None = None, **init_options: Any) -> bool:
     Client. True when this call started the connection (so the caller shuts it down)."""
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
     options.update(init_options)
+    # Ray's own INFO and notice lines are not the user's results: errors only
+    for name in ("ray", "ray.data", "ray._private"):
+        logging.getLogger(name).setLevel(max(logging.ERROR, logging.getLogger(name).level))
+    if address is None:  # a private local instance: no token dance to announce
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         ray.init(address=address, **options)
     except (ConnectionError, ValueError, RuntimeError) as exc:

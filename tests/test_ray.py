@@ -198,3 +198,22 @@ def test_bad_arguments_are_clear_errors(ray_instance: None, seg_model: Path, tmp
         sr.segment_dataset(seg_model, [str(tmp_path)], tmp_path / "out", save=("nope",))
     with pytest.raises(BadInputError, match="mount the bucket"):
         sr.segment_dataset(seg_model, ["s3://bucket/photos/"], tmp_path / "out")
+
+
+def test_cli_engine_ray_writes_what_the_local_engine_writes(
+    ray_instance: None, seg_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    """`segen-edge segment --engine ray` on the running instance: same files, same exit code."""
+    from typer.testing import CliRunner
+
+    from segen_edge import cli
+
+    runner = CliRunner()
+    common = [str(photos), "-m", str(seg_model), "--save", ",".join(SAVE), "-r", "-d", "cpu"]
+    local = runner.invoke(cli.app, ["segment", *common, "-o", str(tmp_path / "local")])
+    remote = runner.invoke(cli.app, ["segment", *common, "-o", str(tmp_path / "ray"), "--engine", "ray"])
+    assert local.exit_code == remote.exit_code == 1  # two bad files: failed rows, not a failed job
+    assert remote.stderr.count("error: ") == local.stderr.count("error: ") == 2
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
+    again = runner.invoke(cli.app, ["segment", *common, "-o", str(tmp_path / "ray"), "--engine", "ray"])
+    assert "0 segmented, 10 skipped" in again.stderr

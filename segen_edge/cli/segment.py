@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import SegenError
 from ..session import Device
 from . import common as c
+
+
+class Engine(str, enum.Enum):
+    local = "local"
+    ray = "ray"
 
 
 def segment(
@@ -67,6 +73,25 @@ def segment(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Largest image accepted, in pixels.")
     ] = 120_000_000,
+    engine: Annotated[
+        Engine, typer.Option("--engine", help="local (lanes on this machine) or ray (a Ray cluster).")
+    ] = Engine.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="ray: auto (a running cluster), ray://HOST:10001, or none: start one here."
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option("--actors", min=1, max=100_000, help="ray: model actors (default: CPUs / K)."),
+    ] = None,
+    cpus_per_actor: Annotated[
+        int,
+        typer.Option(
+            "--cpus-per-actor", min=1, max=1024, help="ray: CPUs (and onnxruntime threads) per actor."
+        ),
+    ] = 1,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
     pixel_scale: c.PixelScaleOpt = None,
@@ -120,7 +145,9 @@ def segment(
     if not plan.total:
         where = " ".join(c.printable(i) for i in inputs)
         raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
-    segmenter = c.open_model(model, "segment", device, precision, batch_threads(threads), overrides)
+    segmenter = c.open_model(
+        model, "segment", device, precision, batch_threads(threads), overrides, batch_size
+    )
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
     settings = RunSettings(
@@ -131,22 +158,22 @@ def segment(
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     entries = []
     with c.graceful_stop() as stop:
-        results = iter_segment_files(  # refuses stale or foreign outputs before any work
-            segmenter,
-            inputs,
-            out,
-            save=kinds,
-            alpha=alpha,
-            keep=kept,
-            recursive=recursive,
-            overwrite=overwrite,
-            batch_size=batch_size,
-            settings=settings,
-            stop=stop,
-            lanes=workers or lanes_for(segmenter.provider, threads),
-            max_pixels=max_pixels,
-            plan=plan,
-        )
+        options: dict[str, Any] = {
+            "save": kinds, "alpha": alpha, "keep": kept, "recursive": recursive, "overwrite": overwrite,
+            "batch_size": batch_size, "settings": settings, "max_pixels": max_pixels, "plan": plan,
+        }  # fmt: skip
+        if engine is Engine.ray:
+            from ..ray import iter_segment_ray
+
+            results = iter_segment_ray(
+                segmenter, inputs, out, address=address, stop=stop, actors=actors,
+                cpus_per_actor=cpus_per_actor, **options,
+            )  # fmt: skip
+        else:
+            results = iter_segment_files(  # refuses stale or foreign outputs before any work
+                segmenter, inputs, out, stop=stop, lanes=workers or lanes_for(segmenter.provider, threads),
+                **options,
+            )  # fmt: skip
         with c.progress("segment") as bar:
             task = bar.add_task("segment", total=plan.total)
             for result in results:
