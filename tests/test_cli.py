@@ -268,8 +268,9 @@ def test_generate_code_picks_a_category_and_names_the_files(tmp_path: Path) -> N
 
     coded = make_generator(tmp_path / "coded.onnx", generator_info(card={"categorical_code": 3}))
     out = tmp_path / "o"
-    code, _, stderr = run("generate", "-n", "4", "--seed", "5", "-m", str(coded), "-o", str(out),
-                          "--code", "2")
+    code, _, stderr = run(
+        "generate", "-n", "4", "--seed", "5", "-m", str(coded), "-o", str(out), "--code", "2"
+    )
     assert code == 0, stderr
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"tiny-gen-c2-s5-{i:05d}.png" for i in range(4)]
@@ -388,9 +389,12 @@ def test_models_lists_bundled(monkeypatch: pytest.MonkeyPatch, models_dir: Path)
 # -- train / export dispatch ---------------------------------------------------------------
 
 
-def test_train_without_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_without_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
-    code, _, stderr = run("train", "unet", "--data", "x")  # valid usage: parsed first
+    for i in range(4):  # a valid data set: the arguments and the data are checked first
+        solid(tmp_path / "images" / f"a{i}.png", (255, 0, 0), (8, 8))
+        solid(tmp_path / "masks" / f"a{i}.png", (1,), (8, 8), mode="L")
+    code, _, stderr = run("train", "unet", "--data", str(tmp_path), "--image-size", "8", "8")
     assert code == 1, stderr
     assert "pip install 'segen-edge[train]'" in stderr
 
