@@ -392,9 +392,9 @@ def test_models_lists_bundled(monkeypatch: pytest.MonkeyPatch, models_dir: Path)
 def test_train_without_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow -> ImportError
     for i in range(4):  # a valid data set: the arguments and the data are checked first
-        solid(tmp_path / "images" / f"a{i}.png", (255, 0, 0), (8, 8))
-        solid(tmp_path / "masks" / f"a{i}.png", (1,), (8, 8), mode="L")
-    code, _, stderr = run("train", "unet", "--data", str(tmp_path), "--image-size", "8", "8")
+        solid(tmp_path / "images" / f"a{i}.png", (255, 0, 0), (32, 32))
+        solid(tmp_path / "masks" / f"a{i}.png", (1,), (32, 32), mode="L")
+    code, _, stderr = run("train", "unet", "--data", str(tmp_path), "--image-size", "32", "32")
     assert code == 1, stderr
     assert "pip install 'segen-edge[train]'" in stderr
 

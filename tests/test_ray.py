@@ -22,6 +22,8 @@ from segen_edge.segment import RunSettings  # noqa: E402
 
 sr = pytest.importorskip("segen_edge.ray")
 
+pytestmark = pytest.mark.slow  # each Ray run starts actors (~10 s); CI runs them, the quick lane not
+
 SAVE = ("mask", "color")
 
 

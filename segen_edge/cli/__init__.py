@@ -24,6 +24,12 @@ class _Group(TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         return super().parse_args(ctx, json_flag(args))
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        finally:
+            common.teardown()
+
 
 app = typer.Typer(
     cls=_Group,

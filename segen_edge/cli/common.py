@@ -243,10 +243,19 @@ def setup(quiet: bool = False, verbose: bool = False) -> None:
     logger.handlers = [h for h in logger.handlers if not isinstance(h, _LineHandler)]
     logger.addHandler(_LineHandler())
     logger.setLevel(logging.ERROR if quiet else (logging.INFO if verbose else logging.WARNING))
-    logger.propagate = False
+    logger.propagate = True  # an embedding application still sees the records
     # numpy's RuntimeWarnings (NaN model outputs, inf in float TIFFs) are the data's, not the
     # user's business: the result says what happened, the warning would only add noise
     warnings.filterwarnings("ignore", category=RuntimeWarning)
+
+
+def teardown() -> None:
+    """Undo setup(): a program that ran a verb in-process keeps its own logging."""
+    global _verbosity
+    _verbosity = 0
+    logger = logging.getLogger("segen_edge")
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, _LineHandler)]
+    logger.setLevel(logging.NOTSET)
 
 
 def console() -> Any:
