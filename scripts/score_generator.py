@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from segen_edge.model import open_model
+from segen_edge.loading import load_generator
 from train.data import load_gan_data
 from train.quality import QualityScorer, blend_confidence
 
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|")
     for spec in args.models:
-        generator = open_model(spec, "generate", device="cpu")
+        generator = load_generator(spec, device="cpu")
         draws = {
-            seed: np.concatenate(list(generator.generate(args.samples, seed, batch_size=500)))
+            seed: np.asarray(generator.generate(args.samples, seed=seed, batch_size=500))
             for seed in args.seeds
         }
         for path, scorer in scorers.items():
