@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from segen_edge import render  # noqa: E402
 from segen_edge.metadata import ModelInfo  # noqa: E402
 from segen_edge.onnxmeta import read_metadata  # noqa: E402
-from segen_edge.tiling import make_predictor, segment_image, tile_grid  # noqa: E402
+from segen_edge.probabilities import make_predictor  # noqa: E402
+from segen_edge.tiling import segment_image, tile_grid  # noqa: E402
 
 MODELS = ROOT / "segen_edge" / "models"
 DATA = ROOT.parent / "shared" / "data"

@@ -22,6 +22,8 @@ from .errors import BadInputError
 from .images import DEFAULT_MAX_PIXELS, as_image_u8, atomic_write, resize_u8, save_image
 from .metadata import ModelInfo
 from .model import Model
+from .probabilities import ids_dtype, to_probabilities
+from .resizing import resize_input, upsample
 
 log = logging.getLogger("segen_edge")
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
@@ -218,7 +220,7 @@ class Segmenter(Model):
     def probabilities(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, C) images at a size the model takes -> float32 (N, K, h, w)."""
         raw = self.run(self.info.preprocessing.to_model(batch_u8))
-        return tiling.to_probabilities(
+        return to_probabilities(
             raw,
             output=self.info.output,
             layout=self._output_layout(raw),
@@ -228,13 +230,13 @@ class Segmenter(Model):
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Prepared float32 inputs at model size -> (N, H, W) class ids at model size."""
         raw = self.run(np.ascontiguousarray(batch, dtype=np.float32))
-        probs = tiling.to_probabilities(
+        probs = to_probabilities(
             raw,
             output=self.info.output,
             layout=self._output_layout(raw),
             num_classes=len(self.info.class_names),
         )
-        return probs.argmax(axis=1).astype(tiling.ids_dtype(probs.shape[1]))
+        return probs.argmax(axis=1).astype(ids_dtype(probs.shape[1]))
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """uint8 (h, w, c) image -> the model's float32 input at its size, in its layout."""
@@ -244,13 +246,13 @@ class Segmenter(Model):
         self, images_u8: Sequence[np.ndarray], run: RunSettings
     ) -> list[tuple[np.ndarray, np.ndarray | None]]:
         size = self.info.image_size
-        prepared = [tiling.resize_input(image, size, bool(run.keep_aspect)) for image in images_u8]
+        prepared = [resize_input(image, size, bool(run.keep_aspect)) for image in images_u8]
         out: list[tuple[np.ndarray, np.ndarray | None]] = []
         for start in range(0, len(prepared), RESIZE_BATCH):
             group = prepared[start : start + RESIZE_BATCH]
             probs = self.probabilities(np.stack([model_input for model_input, _ in group]))
             for (_, box), image, p in zip(group, images_u8[start : start + RESIZE_BATCH], probs, strict=True):
-                out.append(tiling.upsample(p, box, image.shape[:2], want_probs=run.probabilities))
+                out.append(upsample(p, box, image.shape[:2], want_probs=run.probabilities))
         return out
 
     def _windowed(self, image_u8: np.ndarray, run: RunSettings) -> tuple[np.ndarray, np.ndarray | None]:

@@ -382,7 +382,7 @@ def test_model_info_round_trips_through_an_onnx_file(
     st.booleans(),
 )
 def test_class_ids_is_argmax_over_channels(n: int, c: int, h: int, w: int, seed: int, ties: bool) -> None:
-    from segen_edge.tiling import class_ids
+    from segen_edge.probabilities import class_ids
 
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((n, c, h, w)).astype(np.float32)

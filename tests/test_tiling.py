@@ -8,25 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segen_edge import tiling
+from segen_edge import resizing
 from segen_edge.errors import BadInputError, ModelError
 from segen_edge.images import resize_u8
 from segen_edge.metadata import ModelInfo
-from segen_edge.tiling import (
-    LETTERBOX_FILL,
-    iter_upsampled,
-    letterbox,
-    make_predictor,
-    reflect_index,
-    segment_image,
-    segment_native,
-    segment_resized,
-    segment_tiled,
-    softmax,
-    tile_grid,
-    to_probabilities,
-    window_weights,
-)
+from segen_edge.probabilities import make_predictor, reflect_index, softmax, to_probabilities
+from segen_edge.resizing import LETTERBOX_FILL, iter_upsampled, letterbox, segment_native, segment_resized
+from segen_edge.tiling import segment_image, segment_tiled, tile_grid, window_weights
 
 RNG = np.random.default_rng(16)
 
@@ -366,9 +354,9 @@ def test_large_images_shrink_in_bands_like_pil_reducing_gap(monkeypatch, size, t
     image = np.ascontiguousarray(smooth[:, :, : size[2]])
     pil = Image.fromarray(image[:, :, 0] if size[2] == 1 else image)
     direct = np.asarray(pil.resize(target[::-1], Image.Resampling.BILINEAR)).reshape(*target, size[2])
-    np.testing.assert_array_equal(tiling.shrink_u8(image, target), direct)  # below the limit
-    monkeypatch.setattr(tiling, "DIRECT_RESIZE_MAX_PIXELS", 0)
-    shrunk = tiling.shrink_u8(image, target)
+    np.testing.assert_array_equal(resizing.shrink_u8(image, target), direct)  # below the limit
+    monkeypatch.setattr(resizing, "DIRECT_RESIZE_MAX_PIXELS", 0)
+    shrunk = resizing.shrink_u8(image, target)
     gap3 = np.asarray(pil.resize(target[::-1], Image.Resampling.BILINEAR, reducing_gap=3))
     assert shrunk.shape == (*target, size[2]) and shrunk.dtype == np.uint8
     assert np.abs(shrunk.astype(int) - gap3.reshape(shrunk.shape)).max() <= 1

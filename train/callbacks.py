@@ -14,7 +14,8 @@ import numpy as np
 from segen_edge.images import resize_u8
 from segen_edge.metadata import ModelInfo
 from segen_edge.metrics import score_masks
-from segen_edge.tiling import make_predictor, segment_image
+from segen_edge.probabilities import make_predictor
+from segen_edge.tiling import segment_image
 
 from .rundir import STATE, save_model, write_json
 
