@@ -37,7 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from segen_edge.images import save_image  # noqa: E402
+from segen_edge.files import save_image  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:

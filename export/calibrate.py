@@ -11,7 +11,8 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import find_images, load_image, resize_u8
+from segen_edge.files import find_images
+from segen_edge.images import load_image, resize_u8
 from segen_edge.masks import find_pairs
 from segen_edge.metadata import ModelInfo
 

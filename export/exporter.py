@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from segen_edge import __version__
-from segen_edge.images import atomic_write
+from segen_edge.files import atomic_write
 from segen_edge.metadata import PRECISIONS, ModelInfo, stamp_onnx
 from segen_edge.session import has_vnni
 

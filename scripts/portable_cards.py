@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from export.exporter import portable_card  # noqa: E402
-from segen_edge.images import atomic_write  # noqa: E402
+from segen_edge.files import atomic_write  # noqa: E402
 
 
 def main() -> None:

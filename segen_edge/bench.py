@@ -76,7 +76,8 @@ def sample_batch(model: Model, batch_size: int, seed: int = 0) -> np.ndarray:
 def real_batch(model: Model, folder: Path, count: int = AGREEMENT_IMAGES) -> np.ndarray | None:
     """Up to `count` images of `folder` (sorted, recursive) as model input, or None."""
     from .errors import BadInputError
-    from .images import find_images, load_image, resize_u8
+    from .files import find_images
+    from .images import load_image, resize_u8
 
     info = model.info
     images = []

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError
+from .files import Source, WriteError, find_images, save_image
 from .generate import Generator, check_batch_size, check_count, check_seed, fresh_seed
-from .images import DEFAULT_MAX_PIXELS, Decoded, Source, WriteError, find_images, load_image, save_image
+from .images import DEFAULT_MAX_PIXELS, Decoded, load_image
 from .manifest import input_stat, model_digest, rel_of, run_record
 from .pipeline import lanes_for, ordered_map
 from .plan import OutputPlan, PlanError, Planned

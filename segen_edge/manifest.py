@@ -272,7 +272,7 @@ class Manifest:
         line = (json.dumps({"v": VERSION, **record}, sort_keys=True) + "\n").encode("utf-8")
         with self._lock:
             if self._fd is None:
-                from .images import WriteError
+                from .files import WriteError
 
                 try:
                     self.out_dir.mkdir(parents=True, exist_ok=True)

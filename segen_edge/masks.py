@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadInputError
-from .images import is_image_name
+from .files import is_image_name
 from .metrics import IGNORE_INDEX
 
 ENCODINGS = ("auto", "index", "binary", "trimap", "palette")

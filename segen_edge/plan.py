@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BadInputError
-from .images import IMAGE_SUFFIXES, Source, find_images, glob_root
+from .files import IMAGE_SUFFIXES, Source, find_images, glob_root
 from .manifest import MANIFEST_NAME, Manifest, input_stat, rel_of
 
 # The name each output kind takes after the input's stem (a mask is STEM.png unless its

@@ -19,7 +19,8 @@ from PIL import Image
 
 from . import render, tiling
 from .errors import BadInputError
-from .images import DEFAULT_MAX_PIXELS, as_image_u8, atomic_write, resize_u8, save_image
+from .files import atomic_write, save_image
+from .images import DEFAULT_MAX_PIXELS, as_image_u8, resize_u8
 from .metadata import ModelInfo
 from .model import Model
 from .probabilities import ids_dtype, to_probabilities

@@ -21,16 +21,8 @@ import pytest
 from PIL import Image
 
 from segen_edge.errors import BadInputError, SegenError
-from segen_edge.images import (
-    WriteError,
-    atomic_write,
-    decode_image,
-    find_images,
-    load_image,
-    preprocess,
-    save_image,
-    to_pixels,
-)
+from segen_edge.files import WriteError, atomic_write, find_images, save_image
+from segen_edge.images import decode_image, load_image, preprocess, to_pixels
 from segen_edge.metadata import ModelInfo
 
 RED = (255, 0, 0)

@@ -9,7 +9,7 @@ import pytest
 from conftest import solid
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import find_images
+from segen_edge.files import find_images
 from segen_edge.plan import NAME_MAX, OutputPlan, PlanError, Planned
 
 RED = (255, 0, 0)

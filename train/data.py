@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from segen_edge.errors import BadInputError
-from segen_edge.images import find_images, is_image_name, load_image, resize_u8
+from segen_edge.files import find_images, is_image_name
+from segen_edge.images import load_image, resize_u8
 from segen_edge.masks import Pair, load_mask, mask_stem, read_mask_values
 from segen_edge.metadata import Preprocessing
 from segen_edge.metrics import IGNORE_INDEX
@@ -493,7 +494,7 @@ def _load_image_folder(
 
 def save_grid(path: str | Path, images_u8: np.ndarray, columns: int = 8) -> None:
     """Save (N, H, W, C) uint8 images as one grid PNG (1-pixel gaps)."""
-    from segen_edge.images import save_image
+    from segen_edge.files import save_image
 
     n, h, w, c = images_u8.shape
     rows = math.ceil(n / columns)

@@ -10,7 +10,7 @@ from typing import Any
 
 import keras
 
-from segen_edge.images import write_text
+from segen_edge.files import write_text
 
 STATE = "state.json"
 

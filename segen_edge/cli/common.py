@@ -297,7 +297,7 @@ def write_json(document: Any, target: str | None, flag: str = "--json") -> None:
     if target in (None, "-", ""):
         emit(text.rstrip("\n"))
         return
-    from ..images import write_text
+    from ..files import write_text
     from ..plan import check_writable_file
 
     check_writable_file(Path(target), flag, ".json")  # never over an image, a pipe or a folder

@@ -62,8 +62,8 @@ def generate(
     c.setup(quiet, verbose)
     import numpy as np
 
+    from ..files import save_image
     from ..generate import MAX_GRID_PIXELS, Generator, check_seed, fresh_seed, make_grid
-    from ..images import save_image
     from ..jobs import check_generate_outputs, generate_files, generated_path
     from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for

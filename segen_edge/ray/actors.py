@@ -15,8 +15,9 @@ import ray  # the real Ray: this package's own name never shadows it (absolute i
 
 from .. import zoo
 from ..errors import BadInputError, ModelError
+from ..files import WriteError
 from ..graph import read_model_bytes
-from ..images import Decoded, WriteError, load_image
+from ..images import Decoded, load_image
 from ..jobs import SaveOptions
 from ..loading import Source as ModelSource
 from ..loading import load_segmenter

@@ -17,7 +17,8 @@ import ray  # the real Ray: this package's own name never shadows it (absolute i
 import ray.data
 
 from ..errors import BadInputError
-from ..images import DEFAULT_MAX_PIXELS, Source
+from ..files import Source
+from ..images import DEFAULT_MAX_PIXELS
 from ..jobs import MAX_BATCH, ImageResult, SaveOptions, plan_segment_files, run_record_for
 from ..loading import Source as ModelSource
 from ..plan import OutputPlan, Planned

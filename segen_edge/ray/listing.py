@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import ray  # the real Ray: this package's own name never shadows it (absolute imports)
 
 from ..errors import BadInputError
-from ..images import Source
+from ..files import Source
 from ..manifest import rel_of
 from ..plan import OutputPlan, Planned
 

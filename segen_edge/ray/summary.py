@@ -14,7 +14,7 @@ from typing import IO, Any, cast
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..images import WriteError
+from ..files import WriteError
 from ..segment import RunSettings
 from .listing import BLOCK_ROWS, local_path, result_schema
 
