@@ -153,7 +153,8 @@ def ort_runner(path: Path, info: ModelInfo, threads: int) -> Engine:
 def ort_openvino_runner(path: Path, info: ModelInfo, threads: int, bf16: bool = False) -> Engine | None:
     """onnxruntime with its OpenVINO EP (onnxruntime-openvino), as segen-edge opens it; None
     when this onnxruntime has no OpenVINO EP (the cpu extra)."""
-    from segen_edge.session import create_session, openvino_builtin
+    from segen_edge.providers import openvino_builtin
+    from segen_edge.session import create_session
 
     if not openvino_builtin():
         return None
@@ -214,7 +215,7 @@ def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
 
 
 def bf16_available() -> bool:
-    from segen_edge.session import has_bf16, openvino_builtin
+    from segen_edge.providers import has_bf16, openvino_builtin
 
     return openvino_builtin() and has_bf16()
 

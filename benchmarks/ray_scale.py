@@ -125,7 +125,7 @@ def main() -> None:
     if args.child:
         rss_child(int(args.child[0]), args.child[1])
         return
-    from segen_edge.session import cpu_name
+    from segen_edge.providers import cpu_name
 
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; model {args.model}, batch {args.batch_size}")
     if not args.skip_throughput:

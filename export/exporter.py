@@ -22,7 +22,7 @@ import numpy as np
 from segen_edge import __version__
 from segen_edge.files import atomic_write
 from segen_edge.metadata import PRECISIONS, ModelInfo, stamp_onnx
-from segen_edge.session import has_vnni
+from segen_edge.providers import has_vnni
 
 from .calibrate import (
     METHODS,

@@ -20,8 +20,9 @@ import numpy as np
 from segen_edge.generate import Generator
 from segen_edge.metadata import ModelInfo
 from segen_edge.model import Model
+from segen_edge.providers import has_bf16, openvino_builtin
 from segen_edge.segment import Segmenter
-from segen_edge.session import create_session, has_bf16, openvino_builtin
+from segen_edge.session import create_session
 
 BF16 = "bf16"  # not a file: the fp32 file run by OpenVINO with INFERENCE_PRECISION_HINT bf16
 

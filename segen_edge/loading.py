@@ -26,8 +26,9 @@ from .masks import default_palette
 from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
 from .model import Model
 from .pipeline import cpu_count
+from .providers import cuda_available, openvino_devices
 from .segment import Segmenter
-from .session import Device, LoadedSession, create_session, cuda_available, openvino_devices
+from .session import Device, LoadedSession, create_session
 
 log = logging.getLogger("segen_edge")
 

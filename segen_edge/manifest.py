@@ -83,7 +83,7 @@ def model_digest(path: Path) -> str:
     except OSError:
         return "unknown"
     digest.update(data)
-    from .session import external_data_files
+    from .cache import external_data_files
 
     for location in external_data_files(data):
         digest.update(location.encode())

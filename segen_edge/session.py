@@ -5,7 +5,7 @@ enough: after creating a session we read `session.get_providers()` and fail (exp
 or log which one it got (`auto`). onnxruntime is imported here, lazily, never at CLI start.
 
 Providers:
-- cpu: onnxruntime's own kernels, with the optimized graph cached on disk (see below).
+- cpu: onnxruntime's own kernels, with the optimized graph cached on disk (cache.py).
 - openvino: the OpenVINO execution provider built into `onnxruntime-openvino` (the
   `openvino` extra). Its factory checks only that OpenVINO lists the device, and OpenVINO's
   CPU plugin picks kernels by CPUID, so it runs on any x86 CPU, AMD included. Options are
@@ -14,30 +14,40 @@ Providers:
   (`onnxruntime-ep-openvino`, Intel devices only) is a second route when the built-in one
   is absent.
 - cuda: onnxruntime-gpu.
+
+Here: Device, LoadedSession and create_session; onnxruntime itself, the CPU's flags and
+each provider's options are in providers.py, the optimized-graph cache in cache.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import functools
-import hashlib
-import json
 import logging
 import os
-import platform
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import _temporary, external_data_files, openvino_cache, optimized_path
 from .errors import BadInputError, ModelError, ProviderError
+from .providers import (
+    CPU,
+    CUDA,
+    OPENVINO,
+    SHORT_NAMES,
+    _builtin_devices,
+    _plugin_devices,
+    check_bf16,
+    cuda_available,
+    openvino_builtin,
+    openvino_devices,
+    openvino_options,
+    ort,
+    session_options,
+)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-OPENVINO = "OpenVINOExecutionProvider"
-SHORT_NAMES = {CUDA: "cuda", CPU: "cpu", OPENVINO: "openvino"}
 IN_MEMORY = "<in-memory model>"
 
 log = logging.getLogger("segen_edge")
@@ -68,291 +78,6 @@ class LoadedSession:
     @property
     def output_name(self) -> str:
         return str(self.session.get_outputs()[0].name)
-
-
-def ort() -> Any:
-    """The onnxruntime module (its own logger set to errors only), or an error that says
-    which extra to install."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ProviderError(
-            "onnxruntime is not installed; install one runtime extra: "
-            "pip install 'segen-edge[cpu]' (or [gpu] for CUDA, [openvino] for OpenVINO on x86)"
-        ) from None
-    _quiet_logger(onnxruntime)
-    return onnxruntime
-
-
-@functools.cache
-def _quiet_logger(rt: Any) -> None:
-    """onnxruntime's default logger prints warnings to stderr (stdout for some builds); the
-    library says what matters itself."""
-    with contextlib.suppress(Exception):
-        rt.set_default_logger_severity(3)
-
-
-# -- the CPU ------------------------------------------------------------------------------
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.cache
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def has_bf16(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX)."""
-    flags = cpu_flags() if flags is None else flags
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def has_vnni(flags: frozenset[str] | None = None) -> bool:
-    """Whether the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX):
-    without them onnxruntime's u8s8 kernels can saturate, so int8 weights need 7 bits."""
-    flags = cpu_flags() if flags is None else flags
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
-
-
-def check_bf16(flags: frozenset[str] | None = None) -> None:
-    """Refuse bf16 on a CPU that would only emulate it."""
-    if not has_bf16(flags):
-        raise BadInputError(
-            f"--precision bf16: this CPU ({cpu_name()}) has neither AVX512-BF16 nor AMX, so "
-            "OpenVINO would not compute in bfloat16 here; use --precision fp32, int8 or auto"
-        )
-
-
-# -- providers ----------------------------------------------------------------------------
-
-
-def cuda_available() -> bool:
-    return CUDA in ort().get_available_providers()
-
-
-def openvino_builtin() -> bool:
-    """Whether this onnxruntime has the OpenVINO EP built in (onnxruntime-openvino)."""
-    return OPENVINO in ort().get_available_providers()
-
-
-@functools.cache
-def _plugin_devices() -> tuple[Any, ...]:
-    """Register the OpenVINO plugin EP once; its devices, or () when absent or unusable."""
-    try:
-        import onnxruntime_ep_openvino as plugin
-    except ImportError:
-        return ()
-    rt = ort()
-    name = plugin.get_ep_name()
-    try:
-        rt.register_execution_provider_library(name, plugin.get_library_path())
-    except Exception as exc:  # registering twice, or a library that fails to load
-        if "already registered" not in str(exc):
-            return ()
-    devices = [d for d in rt.get_ep_devices() if d.ep_name == name]
-    cpus = [d for d in devices if "CPU" in str(d.device.type)]
-    return tuple(cpus or devices)
-
-
-def openvino_devices() -> tuple[Any, ...]:
-    """What the OpenVINO route can run on: ("CPU",) with the built-in EP, else the plugin
-    EP's devices; () when neither is installed."""
-    if openvino_builtin():
-        return _builtin_devices()
-    return _plugin_devices()
-
-
-@functools.cache
-def _builtin_devices() -> tuple[str, ...]:
-    try:
-        from onnxruntime.capi import _pybind_state
-
-        return tuple(str(d) for d in _pybind_state.get_available_openvino_device_ids())
-    except Exception:  # an older build without the query: OpenVINO always has its CPU plugin
-        return ("CPU",)
-
-
-def session_options(
-    threads: int | None = None, optimized_path: Path | None = None, data_name: str | None = None
-) -> Any:
-    """Session options; `optimized_path` saves the optimized graph there, its initializers
-    in the file `data_name` beside it when given (for models with external data, whose
-    saved graph would otherwise point at data files relative to the cache folder)."""
-    rt = ort()
-    options = rt.SessionOptions()
-    options.graph_optimization_level = rt.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only; we report the provider ourselves
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-        if data_name:
-            options.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", data_name
-            )
-            options.add_session_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes", "0"
-            )
-    return options
-
-
-def openvino_options(
-    threads: int | None = None,
-    streams: int | None = None,
-    bf16: bool = False,
-    cache: Path | None = None,
-) -> dict[str, str]:
-    """OpenVINO EP options for one job: `threads` for one inference, `streams` parallel
-    inference streams (batch jobs with several runs in flight), bf16 compute, and a folder
-    for OpenVINO's compiled-model cache."""
-    options = {"device_type": "CPU"}
-    if threads:
-        options["num_of_threads"] = str(threads)
-    if streams:
-        options["num_streams"] = str(streams)
-    if bf16:
-        options["load_config"] = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}})
-    if cache is not None:
-        options["cache_dir"] = str(cache)
-    return options
-
-
-# -- cache --------------------------------------------------------------------------------
-#
-# onnxruntime optimizes a graph (fusions, QDQ -> QLinear ops, NCHWc layouts) every time a
-# session starts; for the int8 U-Net that is most of the 74 ms it takes to open. The CPU
-# provider can save the optimized graph, which then opens in about 20 ms with optimization
-# off. The saved graph can hold kernels for this CPU's instruction set, so the cache key is
-# the model's bytes, the external data files it names, the onnxruntime version and the CPU's
-# model name and flags. OpenVINO's compiled models are cached in a folder of the same key.
-
-CACHE_ENV = "SEGEN_EDGE_CACHE"  # a folder, or "off"
-_HASH_LIMIT = 64 << 20  # external data files up to this size are hashed, larger ones stat'ed
-
-
-def cache_dir() -> Path | None:
-    """Where optimized graphs are kept: $SEGEN_EDGE_CACHE, else $XDG_CACHE_HOME/segen-edge
-    (~/.cache/segen-edge); None when $SEGEN_EDGE_CACHE is "off"."""
-    given = os.environ.get(CACHE_ENV, "")
-    if given.lower() in ("off", "0", "none"):
-        return None
-    if given:
-        return Path(given)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "segen-edge"
-
-
-@functools.cache
-def _cpu_identity() -> str:
-    return f"{cpu_name()}\n{' '.join(sorted(cpu_flags()))}"
-
-
-def external_data_files(model_bytes: bytes) -> list[str]:
-    """The `location`s of the external data files a serialized ModelProto's initializers
-    name (graph field 7, initializer field 5, TensorProto external_data 13)."""
-    from .onnxmeta import _fields
-
-    found: list[str] = []
-    try:
-        for number, wire, graph in _fields(memoryview(model_bytes)):
-            if number != 7 or wire != 2:
-                continue
-            for g_number, g_wire, tensor in _fields(graph):  # type: ignore[arg-type]
-                if g_number != 5 or g_wire != 2:
-                    continue
-                for t_number, t_wire, entry in _fields(tensor):  # type: ignore[arg-type]
-                    if t_number != 13 or t_wire != 2:
-                        continue
-                    pair = {n: bytes(v) for n, w, v in _fields(entry) if w == 2}  # type: ignore
-                    if pair.get(1) == b"location" and 2 in pair:
-                        found.append(pair[2].decode("utf-8", "replace"))
-    except ValueError:
-        return []  # not a model: onnxruntime will say so
-    return sorted(set(found))
-
-
-def _external_identity(model: Path, model_bytes: bytes) -> str:
-    """Name, size and mtime of each external data file (and the bytes of small ones)."""
-    parts = []
-    for location in external_data_files(model_bytes):
-        target = model.parent / location
-        try:
-            stat = target.stat()
-        except OSError:
-            parts.append(f"{location}: missing")
-            continue
-        part = f"{location}: {stat.st_size} {stat.st_mtime_ns}"
-        if stat.st_size <= _HASH_LIMIT:
-            with contextlib.suppress(OSError):
-                part += " " + hashlib.sha256(target.read_bytes()).hexdigest()
-        parts.append(part)
-    return "\n".join(parts)
-
-
-def cache_key(model: Path) -> str | None:
-    """The digest that names `model`'s cache entries here, or None when it cannot be read."""
-    try:
-        data = model.read_bytes()
-    except OSError:
-        return None
-    digest = hashlib.sha256(data)
-    digest.update(_external_identity(model, data).encode())
-    digest.update(f"{ort().__version__}\n{_cpu_identity()}".encode())
-    return digest.hexdigest()[:20]
-
-
-def optimized_path(model: Path) -> Path | None:
-    """The cache file for `model`'s optimized graph on this CPU and onnxruntime, or None."""
-    folder = cache_dir()
-    key = cache_key(model) if folder is not None else None
-    if folder is None or key is None:
-        return None
-    return folder / f"{model.stem}-{key}.ort.onnx"
-
-
-def openvino_cache(model: Path | None) -> Path | None:
-    """The folder for OpenVINO's compiled blobs of `model`, or None (no cache, or bytes)."""
-    folder = cache_dir()
-    key = cache_key(model) if folder is not None and model is not None else None
-    if folder is None or key is None or model is None:
-        return None
-    target = folder / f"{model.stem}-{key}.openvino"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return target if target.is_dir() and os.access(target, os.W_OK) else None
-
-
-@contextlib.contextmanager
-def _temporary(target: Path) -> Iterator[Path]:
-    """A temporary name beside `target` that never outlives the block."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
-    try:
-        yield tmp
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 def _cpu_session(source: Path | bytes, threads: int | None) -> tuple[Any, Path | None]:

@@ -157,7 +157,7 @@ def _variants(folder: Path, name: str) -> dict[str, Path]:
 
 
 def _bf16_ok() -> bool:
-    from .session import has_bf16
+    from .providers import has_bf16
 
     return has_bf16()
 

@@ -195,7 +195,7 @@ def test_segment_threads_and_workers(seg_model: Path, photo_dir: Path, tmp_path:
 def test_segment_explicit_device_that_does_not_load_names_the_fix(
     seg_model: Path, photo_dir: Path, tmp_path: Path
 ) -> None:
-    from segen_edge.session import cuda_available, openvino_devices
+    from segen_edge.providers import cuda_available, openvino_devices
 
     if not cuda_available():
         code, _, stderr = run(

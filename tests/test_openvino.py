@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from segen_edge.errors import BadInputError
-from segen_edge.session import create_session, has_bf16, openvino_builtin
+from segen_edge.providers import has_bf16, openvino_builtin
+from segen_edge.session import create_session
 
 pytestmark = pytest.mark.skipif(
     not openvino_builtin(), reason="needs onnxruntime-openvino (the openvino extra)"

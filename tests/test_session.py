@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segen_edge.cache import external_data_files, optimized_path
 from segen_edge.errors import BadInputError, ModelError, ProviderError
-from segen_edge.session import (
-    check_bf16,
-    create_session,
-    cuda_available,
-    external_data_files,
-    has_bf16,
-    openvino_devices,
-    openvino_options,
-    optimized_path,
-)
+from segen_edge.providers import check_bf16, cuda_available, has_bf16, openvino_devices, openvino_options
+from segen_edge.session import create_session
 
 onnx = pytest.importorskip("onnx")
 

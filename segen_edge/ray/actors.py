@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray  # the real Ray: this package's own name never shadows it (absolute imports)
 
 from .. import zoo
+from ..cache import external_data_files
 from ..errors import BadInputError, ModelError
 from ..files import WriteError
 from ..graph import read_model_bytes
@@ -24,7 +25,7 @@ from ..loading import load_segmenter
 from ..manifest import Manifest, input_stat, rel_of
 from ..metadata import ModelInfo
 from ..segment import RunSettings, Segmentation, Segmenter
-from ..session import create_session, external_data_files
+from ..session import create_session
 from .listing import result_schema
 
 # -- the model, as it travels to the actors --------------------------------------------------
