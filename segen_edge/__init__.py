@@ -53,10 +53,10 @@ _WHERE = {
     "RunSettings": "segment",
     "Segmentation": "segment",
     "Segmenter": "segment",
-    "GeneratedFile": "jobs",
+    "GeneratedFile": "generate_job",
     "ImageResult": "jobs",
     "JobReport": "jobs",
-    "generate_files": "jobs",
+    "generate_files": "generate_job",
     "iter_segment_files": "jobs",
     "segment_files": "jobs",
     "load": "loading",
@@ -67,7 +67,8 @@ _WHERE = {
 if TYPE_CHECKING:
     from .errors import BadInputError, ModelError, SegenError
     from .generate import Generator
-    from .jobs import GeneratedFile, ImageResult, JobReport, generate_files, iter_segment_files, segment_files
+    from .generate_job import GeneratedFile, generate_files
+    from .jobs import ImageResult, JobReport, iter_segment_files, segment_files
     from .loading import load, load_generator, load_segmenter
     from .metadata import ModelInfo
     from .segment import RunSettings, Segmentation, Segmenter

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import solid
 
-from segen_edge.jobs import generate_files, iter_segment_files
+from segen_edge.generate_job import generate_files
+from segen_edge.jobs import iter_segment_files
 from segen_edge.loading import load
 from segen_edge.pipeline import cpu_count, lanes_for, ordered_map
 

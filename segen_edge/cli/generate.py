@@ -64,7 +64,7 @@ def generate(
 
     from ..files import save_image
     from ..generate import MAX_GRID_PIXELS, Generator, check_seed, fresh_seed, make_grid
-    from ..jobs import check_generate_outputs, generate_files, generated_path
+    from ..generate_job import check_generate_outputs, generate_files, generated_path
     from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
     from ..plan import PlanError, check_writable_file
