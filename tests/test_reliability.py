@@ -535,12 +535,16 @@ def _manifest_lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "segen-manifest.jsonl").read_text().splitlines()]
 
 
-def _resume(folder: Path, model: Path, out: Path, done_before: int) -> None:
+def _resume(folder: Path, model: Path, out: Path, done_before: int, in_flight: int = 0) -> None:
+    """Re-run: everything is done after it; what was done before is skipped, except up to
+    `in_flight` files a kill caught between their rename and their manifest line (whole,
+    but not recorded as done, so they are made again)."""
     summary = out.parent / "resume.json"
     run = segen("segment", folder, "-m", model, "-o", out, "--device", "cpu", "--summary", summary)
     assert run.code == 0, run.stderr
     counts = json.loads(summary.read_text())["counts"]
-    assert counts == {"ok": KILL_IMAGES - done_before, "skipped": done_before, "failed": 0}
+    assert counts["failed"] == 0 and counts["ok"] + counts["skipped"] == KILL_IMAGES
+    assert done_before - in_flight <= counts["skipped"] <= done_before, counts
     masks = _pngs(out)
     assert [p.stem for p in masks] == sorted(p.stem for p in folder.iterdir())
     for path in masks:
@@ -594,7 +598,7 @@ def test_sigkill_leaves_only_whole_pngs_and_rerun_completes(
     for path in masks:  # a kill may leave a hidden .part temp file, never a torn PNG
         assert_whole_png(path)
     assert all(name.endswith(".part") for name in _leftovers(out))
-    _resume(many_photos, seg_model, out, len(masks))
+    _resume(many_photos, seg_model, out, len(masks), in_flight=2 * 8)  # lanes x batch
 
 
 def test_second_sigint_aborts_without_traceback_or_torn_files(seg_model: Path, tmp_path: Path) -> None:
