@@ -10,6 +10,7 @@ seeded latents, and the training run's quality score.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class HeldOut:
     masks: list[np.ndarray]  # ground truth at each mask file's own size (segmenters)
     note: str = ""
     paths: list[Path] = field(default_factory=list)  # all held-out image files (segmenters)
+    images: list[np.ndarray] = field(default_factory=list)  # the same images at their own size
 
 
 def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
@@ -73,16 +75,20 @@ def load_held_out(run: Run, limit: int | None = None) -> HeldOut:
         chosen = chosen[:limit]
         note = f"the first {limit} of {note}"
     encoding = card.get("mask_encoding", "auto")
-    inputs, masks = [], []
+    inputs, masks, images = [], [], []
+    native = info.mode in ("tile", "native")  # scored at the images' own size, as they run
     try:
         for pair in chosen:
             if pair.mask is None:
                 raise BadInputError(f"{pair.image}: no mask found for this held-out image")
-            inputs.append(model_sized(load_image(pair.image, info.channels).image_u8, info))
+            image = load_image(pair.image, info.channels).image_u8
+            inputs.append(model_sized(image, info))
             masks.append(load_mask(pair.mask, encoding))
+            if native:
+                images.append(image)
     except BadInputError as exc:
         raise ExportError(f"held-out data: {exc}") from None
-    return HeldOut([p.stem for p in chosen], np.stack(inputs), masks, note, held_paths)
+    return HeldOut([p.stem for p in chosen], np.stack(inputs), masks, note, held_paths, images)
 
 
 def model_sized(image_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
@@ -91,21 +97,26 @@ def model_sized(image_u8: np.ndarray, info: ModelInfo) -> np.ndarray:
 
 
 def segment_metrics(
-    labels: np.ndarray, held: HeldOut, info: ModelInfo, reference: np.ndarray | None = None
+    labels: Sequence[np.ndarray],
+    held: HeldOut,
+    info: ModelInfo,
+    reference: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """mIoU etc. of (N, H, W) class ids at model size against ground truth (each map resized
-    to its mask's size by nearest neighbour); `agreement` with `reference` ids when given."""
+    """mIoU etc. of class ids against ground truth: ids at model size are resized to their
+    mask's size by nearest neighbour, ids at the image's own size (tile and native models)
+    are scored as they are; `agreement` with `reference` ids when given."""
     pairs = (
-        (mask, resize_u8(label, mask.shape, nearest=True))
+        (mask, label if label.shape == mask.shape[:2] else resize_u8(label, mask.shape, nearest=True))
         for label, mask in zip(labels, held.masks, strict=True)
     )
-    scores = score_masks(pairs, len(info.class_names))
+    scores = score_masks(pairs, len(info.class_names), ignore_index=info.card.get("ignore_index", 255))
     out: dict[str, Any] = {
         "miou": round(float(scores["miou"] or 0.0), 5),
         "pixel_accuracy": round(float(scores["pixel_accuracy"] or 0.0), 5),
     }
     if reference is not None:
-        out["agreement"] = round(float(np.mean(labels == reference)), 5)
+        same = sum(int(np.count_nonzero(a == b)) for a, b in zip(labels, reference, strict=True))
+        out["agreement"] = round(same / max(1, sum(int(a.size) for a in labels)), 5)
     return out
 
 

@@ -23,6 +23,7 @@ from segen_edge import __version__
 from segen_edge.files import atomic_write
 from segen_edge.metadata import PRECISIONS, ModelInfo, stamp_onnx
 from segen_edge.providers import has_vnni
+from segen_edge.segment import Segmenter
 
 from .calibrate import (
     METHODS,
@@ -302,12 +303,21 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
         calibration=calibration,
         command=options.command,
     )
-    reference = predictions(runtime_model(proto, info), held.inputs)
+
+    def predict(model: Any, provider: str = "cpu", bf16: bool = False) -> Any:
+        """What the runtime makes of the held-out inputs: for tile and native models the
+        whole images in their mode at their own size, else the model-size batch."""
+        runtime = runtime_model(model, info, provider, bf16=bf16)
+        if held.images and isinstance(runtime, Segmenter):
+            return [s.ids for s in runtime.segment_arrays(held.images, runtime.settings())]
+        return predictions(runtime, held.inputs)
+
+    reference = predict(proto)
 
     def measure(model: Any, full: bool = True, provider: str = "cpu", bf16: bool = False) -> dict[str, Any]:
         """Held-out figures through the runtime on `provider`; `full=False` skips the
         (slow) GAN quality score."""
-        got = predictions(runtime_model(model, info, provider, bf16=bf16), held.inputs)
+        got = predict(model, provider, bf16)
         if segment:
             return segment_metrics(got, held, info, reference)
         return generator_metrics(got, reference, run_info if full else None)
