@@ -29,10 +29,10 @@ step_fcn_pets() {  # same data, seed and fraction: the same held-out stems as un
     train fcn-pets fcn --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \
         --variant 8s --base-filters 8 --epochs 20 --batch-size 8 --lr 2e-3
 }
-step_unet_membrane() {
-    train unet-membrane unet --data "$DATA/membrane" --image-size 256 256 --channels 1 \
-        --val-count 5 --class-names membrane cell --depth 4 --base-filters 8 --epochs 15 \
-        --batch-size 4 --lr 2e-3 --vflip --min-samples 100 --bn-images 256
+step_unet_membrane() {  # random 256x256 crops of the 512x512 images at native scale: runs tiled
+    train unet-membrane unet --data "$DATA/membrane" --channels 1 --val-count 5 \
+        --class-names membrane cell --crop 256 256 --depth 4 --base-filters 8 --epochs 30 \
+        --batch-size 4 --lr 2e-3 --vflip --min-samples 100 --bn-images 25 --max-zoom 1.2
 }
 step_dcgan_mnist() {
     train dcgan-mnist dcgan --data "$DATA/mnist" --image-size 32 32 --channels 1 \
@@ -67,6 +67,7 @@ BUNDLE=(
     unet-pets/onnx/unet-pets-int8.onnx
     fcn-pets/onnx/fcn-pets-fp32.onnx
     fcn-pets/onnx/fcn-pets-int8.onnx
+    unet-membrane/onnx/unet-membrane-fp32.onnx
     unet-membrane/onnx/unet-membrane-int8.onnx
     dcgan-mnist/onnx/dcgan-mnist-fp32.onnx
     dcgan-fashion/onnx/dcgan-fashion-fp32.onnx
