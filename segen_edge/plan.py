@@ -25,7 +25,10 @@ Names (the rule, a pure function of the input list, the out folder and its manif
 NAME.png is kept unless `--overwrite`).
 
 The Ray engine builds the same plan in its driver and ships `Planned` entries (plain
-paths) to its workers.
+paths) to its workers. Inputs it lists itself (URIs on pyarrow's file systems) come in as
+`ListedSource`s through `OutputPlan.build(..., sources=...)`: named and keyed in the
+manifest by their URI, with the size and mtime the listing saw; the local engine refuses
+URIs (with a pointer to `--engine ray`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,39 @@ class PlanError(BadInputError):
     """A run refused before any work: what clashes, and the fix."""
 
 
+@dataclass(frozen=True)
+class ListedSource(Source):
+    """An input listed by the caller, not by find_images (the Ray engine's URI inputs).
+
+    `uri` names it in messages and is its manifest key; `stat` is its (size, mtime_ns) as
+    listed, for the manifest's change check; `path` is where it would sit on this machine's
+    file system (a local path for file:// URIs, so no output lands on it)."""
+
+    uri: str = ""
+    stat: tuple[int, int] | None = None
+
+
+def source_key(src: Source) -> str:
+    """An input's key in the plan and the manifest: its URI, or its absolute path."""
+    return src.uri if isinstance(src, ListedSource) and src.uri else os.path.abspath(src.path)
+
+
+def source_name(src: Source) -> str | os.PathLike[str]:
+    """An input as messages name it: its URI, or its path."""
+    return src.uri if isinstance(src, ListedSource) and src.uri else src.path
+
+
+def _source_stat(src: Source) -> tuple[int, int] | None:
+    return src.stat if isinstance(src, ListedSource) and src.uri else input_stat(src.path)
+
+
+def uri_scheme(text: str) -> str:
+    """The scheme of a `scheme://...` URI, lower case; "" for a local path."""
+    head, sep, _ = text.partition("://")
+    scheme = len(head) > 1 and head[:1].isalpha() and all(c.isalnum() or c in "+.-" for c in head)
+    return head.lower() if sep and head.isascii() and scheme else ""
+
+
 @dataclass
 class Planned:
     """One input and where its outputs go; `todo` are the kinds this run writes."""
@@ -72,7 +108,7 @@ class Planned:
 
     @property
     def key(self) -> str:
-        return os.path.abspath(self.source.path)
+        return source_key(self.source)
 
 
 @dataclass
@@ -107,14 +143,20 @@ class OutputPlan:
         *,
         recursive: bool = False,
         reserved: Mapping[str, str | os.PathLike[str] | None] | None = None,
+        sources: Iterable[Source] | None = None,
     ) -> OutputPlan:
         """Plan a run; PlanError (a BadInputError) for anything that would lose data.
 
-        `reserved`: other files the run writes, by flag (`{"--summary": "s.json"}`)."""
+        `reserved`: other files the run writes, by flag (`{"--summary": "s.json"}`).
+        `sources`: the inputs, listed by the caller (Sources and ListedSources, each once);
+        then `inputs` only name the local folders the run reads, for the output names."""
         args = [os.fspath(i) for i in inputs]
         out = Path(out_dir)
         kinds = tuple(kinds)
-        sources = list(find_images(args, recursive))
+        if sources is None:
+            _refuse_uris(args)
+            sources = find_images(args, recursive)
+        sources = list(sources)
         good = [s for s in sources if not s.error]
         single = _single_file(out, good)
         if not single:
@@ -122,7 +164,7 @@ class OutputPlan:
         manifest = None if single else Manifest.load(out)
         plan = cls(out, kinds, [], single, manifest)
         planned = _assign(out, kinds, good, args, manifest, single)
-        plan.entries = [planned.get(os.path.abspath(s.path), s) if not s.error else s for s in sources]
+        plan.entries = [planned.get(source_key(s), s) if not s.error else s for s in sources]
         _check_reserved(plan, good, reserved or {})
         return plan
 
@@ -134,12 +176,12 @@ class OutputPlan:
         `overwrite`; nothing is written either way."""
         stale: list[tuple[Path, str]] = []
         foreign: list[Path] = []
-        changed: list[tuple[Path, Path]] = []
+        changed: list[tuple[str | os.PathLike[str], Path]] = []
         for entry in self.entries:
             if not isinstance(entry, Planned):
                 continue
             todo: list[str] = []
-            stat = input_stat(entry.source.path) if self.manifest else None
+            stat = _source_stat(entry.source) if self.manifest else None
             for kind, path in entry.targets.items():
                 if overwrite or not os.path.lexists(path) or os.path.isdir(path):
                     todo.append(kind)  # a folder in the way fails when written, never "done"
@@ -156,7 +198,7 @@ class OutputPlan:
                 elif state == "stale":
                     record = self.manifest.inputs.get(entry.key)
                     if record and record.input_stat is not None and record.input_stat != stat:
-                        changed.append((entry.source.path, path))
+                        changed.append((source_name(entry.source), path))
                     else:
                         stale.append((path, rel))
             entry.todo = tuple(todo)
@@ -184,6 +226,17 @@ class OutputPlan:
                 f"{_show(path)}{_more(stale)}: made by another run than this one "
                 f"({self.manifest.differences(rel, run)}); pass --overwrite to redo them, "
                 "or pick another --out"
+            )
+
+
+def _refuse_uris(args: list[str]) -> None:
+    """URIs pyarrow reads are the Ray engine's; web URLs keep find_images' refusal."""
+    for arg in args:
+        scheme = uri_scheme(arg)
+        if scheme and scheme not in ("http", "https", "ftp"):
+            raise PlanError(
+                f"{_show(arg)}: {scheme}:// inputs are read by the Ray engine only; pass --engine ray "
+                "(segen_edge.ray), or a local path"
             )
 
 
@@ -251,7 +304,7 @@ def _assign(
         for path in entry.targets.values():
             claimed[real_of(path)] = entry.key
 
-    live_inputs = {os.path.abspath(s.path) for s in sources}
+    live_inputs = {source_key(s) for s in sources}
     if single:
         (src,) = sources
         base = out.with_suffix("")
@@ -263,11 +316,11 @@ def _assign(
 
     fresh: list[tuple[str, Source]] = []
     for src in sources:
-        key = os.path.abspath(src.path)
+        key = source_key(src)
         natural = os.path.normpath(os.path.join(out_abs, src.rel.parent, src.rel.stem))
         if os.path.commonpath([natural, out_abs]) != out_abs or natural == out_abs:
             raise PlanError(
-                f"{_show(src.path)}: its output would land outside --out {_show(out)} "
+                f"{_show(source_name(src))}: its output would land outside --out {_show(out)} "
                 f"(its path relative to the input folder is {_show(src.rel)}); "
                 "do not put '..' after a wildcard, or name the folder itself"
             )
@@ -281,8 +334,8 @@ def _assign(
                 continue
         fresh.append((natural, src))
 
-    for natural, src in sorted(fresh, key=lambda pair: (pair[0], os.fsencode(pair[1].path))):
-        key = os.path.abspath(src.path)
+    for natural, src in sorted(fresh, key=lambda pair: (pair[0], os.fsencode(source_name(pair[1])))):
+        key = source_key(src)
         suffixed = _scanned(natural, roots, real_of)
         for base in _bases(Path(natural), src):
             targets = _targets(base, kinds, suffixed, src)
@@ -293,7 +346,7 @@ def _assign(
             if not why:
                 break
         else:  # pragma: no cover - _bases never ends
-            raise PlanError(f"{_show(src.path)}: no free output name")
+            raise PlanError(f"{_show(source_name(src))}: no free output name")
         entry = Planned(src, targets, base)
         planned[key] = entry
         claim(entry)

@@ -3,6 +3,7 @@ SegmentActor, which opens it once and segments and writes each batch of rows."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,7 +19,7 @@ from ..cache import external_data_files
 from ..errors import BadInputError, ModelError
 from ..files import WriteError
 from ..graph import read_model_bytes
-from ..images import Decoded, load_image
+from ..images import Decoded, decode_image, load_image
 from ..jobs import SaveOptions
 from ..loading import Source as ModelSource
 from ..loading import load_segmenter
@@ -26,7 +27,7 @@ from ..manifest import Manifest, input_stat, rel_of
 from ..metadata import ModelInfo
 from ..segment import RunSettings, Segmentation, Segmenter
 from ..session import create_session
-from .listing import result_schema
+from .listing import _line, result_schema
 
 # -- the model, as it travels to the actors --------------------------------------------------
 
@@ -96,6 +97,7 @@ class _ActorJob:
     threads: int
     out_dir: str  # absolute
     manifest_key: str | None  # the run line's key; None: no manifest (-o NAME.png)
+    filesystems: tuple[Any, ...] = ()  # pyarrow file systems of URI inputs, as rows number them
 
 
 _NO_JOB = _ActorJob(RunSettings(), SaveOptions(), 0, 1, "", None)  # for rows the plan settled
@@ -143,7 +145,7 @@ def segment_rows(
             out.append(_result(row, row["status"], size=size, fractions=fractions, error=row["error"]))
             continue
         try:
-            out.append((row, load_image(row["abs"], segmenter.info.channels, job.max_pixels)))
+            out.append((row, _decode(row, segmenter.info.channels, job)))
         except BadInputError as exc:
             out.append(_result(row, "failed", error=str(exc)))
     decoded = [item for item in out if isinstance(item, tuple)]
@@ -164,6 +166,24 @@ def segment_rows(
         else:
             results.append(_write(item[0], item[1], next(segmentations), job, manifest))
     return results
+
+
+def _decode(row: dict[str, Any], channels: int, job: _ActorJob) -> Decoded:
+    """A row's image: a local file, or a URI's bytes read through its pyarrow file system
+    (decoded by the same decoder, so a bad file gives the same error, naming the URI)."""
+    if row.get("fs", -1) < 0:
+        return load_image(row["abs"], channels, job.max_pixels)
+    name = row["input"]
+    try:
+        with job.filesystems[row["fs"]].open_input_stream(row["fs_path"]) as stream:
+            data = stream.readall()
+    except FileNotFoundError:
+        raise BadInputError(f"{name}: file not found; check the URI") from None
+    except PermissionError:
+        raise BadInputError(f"{name}: permission denied; check the credentials") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise BadInputError(f"{name}: cannot read the file ({_line(exc)})") from None
+    return decode_image(io.BytesIO(data), channels, job.max_pixels, name=name)
 
 
 def _result(
@@ -215,7 +235,8 @@ def _write(
             options = {"alpha": job.save.alpha, "keep": job.save.keep} if kind != "prob" else {}
             result.save(path, kind, **options)
         fractions = result.fractions
-        line("done", input_stat=input_stat(row["abs"]), size_hw=list(decoded.size), class_fractions=fractions)
+        stat = list(row["stat"]) if row.get("stat") else input_stat(row["abs"])
+        line("done", input_stat=stat, size_hw=list(decoded.size), class_fractions=fractions)
     except WriteError as exc:
         return _result(row, "failed", error=str(exc))
     except OSError as exc:

@@ -19,12 +19,21 @@ import ray.data
 from ..errors import BadInputError
 from ..files import Source
 from ..images import DEFAULT_MAX_PIXELS
-from ..jobs import MAX_BATCH, ImageResult, SaveOptions, plan_segment_files, run_record_for
+from ..jobs import MAX_BATCH, ImageResult, SaveOptions, run_record_for
 from ..loading import Source as ModelSource
 from ..plan import OutputPlan, Planned
 from ..segment import RunSettings, Segmenter
 from .actors import _NO_JOB, ModelShipment, SegmentActor, _ActorJob, open_segmenter, segment_rows
-from .listing import BLOCK_ROWS, _input_schema, _listing_blocks, _plan_row, _put_listing, _settled, local_path
+from .listing import (
+    BLOCK_ROWS,
+    FileSystems,
+    _input_schema,
+    _listing_blocks,
+    _plan_row,
+    _put_listing,
+    _settled,
+    plan_inputs,
+)
 from .summary import SUMMARY_NAME, SummaryWriter, _settings_json
 
 # -- the public calls ------------------------------------------------------------------------
@@ -97,10 +106,8 @@ def prepare(
     cpus_per_actor = _checked_int("--cpus-per-actor", cpus_per_actor, 1, 1024)
     if actors is not None:
         actors = _checked_int("--actors", actors, 1, 100_000)
-    names = [local_path(i) for i in inputs]
-    out = local_path(out_dir, "--out")
-    if plan is None:
-        plan = plan_segment_files(names, out, save=tuple(save), recursive=recursive)
+    if plan is None:  # the CLI plans with plan_inputs before it opens the model
+        plan = plan_inputs(inputs, out_dir, save=tuple(save), recursive=recursive)
     segmenter = open_segmenter(model, load_options or {})
     options = SaveOptions(tuple(save), alpha, tuple(keep)).checked(segmenter.class_names)
     if plan.kinds != options.kinds:
@@ -115,7 +122,8 @@ def prepare(
         plan.manifest.close()
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_actor))
-    refs = _put_listing(_listing_blocks(plan, BLOCK_ROWS, stop, todo_only), actors, batch_size)
+    filesystems = FileSystems()
+    refs = _put_listing(_listing_blocks(plan, BLOCK_ROWS, stop, todo_only, filesystems), actors, batch_size)
     device = (load_options or {}).get("device")
     shipment = ModelShipment.of(segmenter, None if device in (None, "auto") else str(device))
     job = _ActorJob(
@@ -125,6 +133,7 @@ def prepare(
         cpus_per_actor,
         os.path.abspath(plan.out_dir),
         record["key"] if plan.manifest is not None else None,
+        tuple(filesystems.items),
     )
     source = ray.data.from_arrow_refs(refs) if refs else ray.data.from_arrow(_input_schema().empty_table())
     dataset = source.map_batches(
@@ -147,7 +156,9 @@ def segment_dataset(
 ) -> ray.data.Dataset:
     """A lazy Ray Dataset of per-image result rows (see result_schema); iterating it (or
     writing it) segments the inputs into `out_dir`, a local or shared folder (or a file://
-    URI) that every node can write.
+    URI) that every node can write. Inputs are local paths, folders and globs, or URIs of
+    any pyarrow file system (s3://, gs://, file://; see listing.list_uri), read in the
+    actors through that file system.
 
     `model` is a loaded Segmenter or what load_segmenter takes (a bundled name, a path or
     bytes; `load_options` are its keywords: device, precision, overrides). Options as
