@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
+pafs = pytest.importorskip("pyarrow.fs")
 
 from segen_edge import load_segmenter  # noqa: E402
 from segen_edge.errors import BadInputError  # noqa: E402
@@ -163,7 +165,7 @@ def test_file_uris_bundled_model_and_dataset(ray_instance: None, tmp_path: Path)
     )
     rows = sorted(ds.take_all(), key=lambda r: r["input"])
     assert [r["status"] for r in rows] == ["ok"] * 3
-    assert [r["input"] for r in rows] == [str(photos / "deep" / f"p{i}.jpg") for i in range(3)]
+    assert [r["input"] for r in rows] == [(photos / "deep" / f"p{i}.jpg").as_uri() for i in range(3)]
     assert [(r["height"], r["width"]) for r in rows] == [(60, 80), (31, 47), (160, 160)]
     seg = load_segmenter("unet-pets", precision="int8")
     for i, row in enumerate(rows):
@@ -198,8 +200,56 @@ def test_bad_arguments_are_clear_errors(ray_instance: None, seg_model: Path, tmp
         sr.segment_dataset(seg_model, [str(tmp_path)], tmp_path / "out", actors=0)
     with pytest.raises(BadInputError, match="--save"):
         sr.segment_dataset(seg_model, [str(tmp_path)], tmp_path / "out", save=("nope",))
-    with pytest.raises(BadInputError, match="mount the bucket"):
-        sr.segment_dataset(seg_model, ["s3://bucket/photos/"], tmp_path / "out")
+    with pytest.raises(BadInputError, match="--out s3://bucket/masks: outputs go to a local"):
+        sr.segment_dataset(seg_model, [str(tmp_path)], "s3://bucket/masks")
+
+
+def test_a_file_uri_goes_through_pyarrow_as_the_local_engine_reads_the_folder(
+    ray_instance: None, seg_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    """file:// is read through pyarrow.fs (the code that serves s3://), not as a local path."""
+    uri = photos.as_uri()
+    listed = sr.list_uri(uri, recursive=True)
+    assert all(isinstance(s.fs, pafs.LocalFileSystem) and s.uri.startswith(uri + "/") for s in listed)
+    seg = load_segmenter(seg_model)
+    local = list(
+        iter_segment_files(seg, [str(photos)], tmp_path / "local", save=SAVE, recursive=True, batch_size=4)
+    )
+    out = tmp_path / "ray"
+    first = _ray_run(seg_model, [uri], out, batch_size=4)
+    rows = {r["input"]: r for r in sr.read_summary(out / sr.SUMMARY_NAME)}
+    assert len(rows) == len(first) == len(local) == 12
+    for expected in local:
+        row = rows[uri + "/" + expected.source.rel.as_posix()]  # named by its URI
+        assert row["status"] == expected.status
+        assert row["error"] == expected.error.replace(str(photos), uri)  # the decoder's words
+    assert _outputs(out) == _outputs(tmp_path / "local")  # byte-identical masks, same tree
+    assert set(Manifest.load(out).inputs) == {k for k, r in rows.items() if r["status"] == "ok"}
+
+    again = _ray_run(seg_model, [uri], out, batch_size=4)
+    assert sorted(r.status for r in again) == ["failed"] * 2 + ["skipped"] * 10
+
+
+def test_uri_refusals_come_before_any_work(ray_instance: None, seg_model: Path, tmp_path: Path) -> None:
+    _noise(tmp_path / "in" / "a.png", (6, 7), 0)
+    _noise(tmp_path / "in" / "b.jpg", (6, 7), 1)
+    out = tmp_path / "out"
+    root = (tmp_path / "in").as_uri()
+    assert [(s.uri, s.rel) for s in sr.list_uri(root + "/*.png")] == [(root + "/a.png", Path("a.png"))]
+    with pytest.raises(BadInputError, match="no such file or folder"):
+        sr.segment_dataset(seg_model, [root + "/missing"], out)
+    with pytest.raises(BadInputError, match="the pattern matches no file"):
+        sr.segment_dataset(seg_model, [root + "/*.gif"], out)
+    with pytest.raises(BadInputError, match="--engine ray"):  # the local engine reads local paths
+        list(iter_segment_files(load_segmenter(seg_model), [root], out))
+    started = time.monotonic()
+    with pytest.raises(BadInputError) as raised:  # no credentials, no network: one line, soon
+        sr.segment_dataset(seg_model, ["s3://segen-edge-no-such-bucket/photos/"], out)
+    assert time.monotonic() - started < 60
+    message = str(raised.value)
+    assert message.startswith("s3://segen-edge-no-such-bucket/photos/: cannot list (")
+    assert "\n" not in message and message.endswith("check the URI, the credentials and the network")
+    assert not out.exists()
 
 
 def test_cli_engine_ray_writes_what_the_local_engine_writes(
