@@ -51,8 +51,13 @@ class ImageResult:
     def path(self) -> Path:
         return self.source.path
 
+    @property
+    def name(self) -> str:
+        """The input as the user named it: its URI for an object-store input, else its path."""
+        return getattr(self.source, "uri", None) or os.fsdecode(self.source.path)
+
     def to_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"input": os.fsdecode(self.source.path), "status": self.status}
+        entry: dict[str, Any] = {"input": self.name, "status": self.status}
         if self.outputs:
             entry["outputs"] = [os.fsdecode(p) for p in self.outputs]
         if self.size:

@@ -96,7 +96,7 @@ def load(
             f"load() got unknown description {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
         )
     given = {k: v for k, v in overrides.items() if v is not None}
-    data, label, bf16 = _read(source, task, precision, device_, batch_size)
+    data, label, bf16, device_ = _read(source, task, precision, device_, batch_size)
     graph = summarize(data, label)
     info = describe(graph, given, label)
     if task is not None and info.task != task:
@@ -188,13 +188,36 @@ def probe_provider(device: Device) -> str:
 
 def _read(
     source: Source | None, task: str | None, precision: str, device: Device, batch_size: int
-) -> tuple[bytes, str, bool]:
-    """The model's bytes, a label for messages (its path), and whether to run it in bf16."""
+) -> tuple[bytes, str, bool, Device]:
+    """The model's bytes, a label for messages (its path), whether to run it in bf16, and
+    the device to open it on (for `auto`, settled here from the export's measurements)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), "<bytes>", precision == "bf16"
+        return bytes(source), "<bytes>", precision == "bf16", device
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
-    choice = ref.choose(precision, probe_provider(device), batch_size)
-    return read_model_bytes(choice.path), str(choice.path), choice.bf16
+    provider = probe_provider(device)
+    if device is Device.auto and provider == "openvino":
+        provider = _auto_cpu_provider(ref, precision, batch_size)
+        device = Device(provider)
+    choice = ref.choose(precision, provider, batch_size)
+    return read_model_bytes(choice.path), str(choice.path), choice.bf16, device
+
+
+def _auto_cpu_provider(ref: zoo.ModelRef, precision: str, batch_size: int) -> str:
+    """openvino or cpu for `--device auto` on a CPU with both: the one whose best precision
+    the export (or scripts/measure_providers.py) measured faster at this batch size, among
+    precisions within their accuracy budget there. Without OpenVINO figures the CPU EP: an
+    int8 file tuned for it can lose accuracy under OpenVINO (unet-membrane's agreed with
+    fp32 on 59% of pixels there), and an unmeasured choice must not be a worse one."""
+    measured = ref.measurements().get("openvino", {}).get("precisions")
+    if not measured:
+        return "cpu"
+    cpu = ref.choose(precision, "cpu", batch_size)
+    openvino = ref.choose(precision, "openvino", batch_size)
+    if openvino.latency_ms is None:
+        return "cpu"
+    if cpu.latency_ms is None or openvino.latency_ms < cpu.latency_ms:
+        return "openvino"
+    return "cpu"
 
 
 # -- describing the model ----------------------------------------------------------------

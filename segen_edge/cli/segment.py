@@ -141,7 +141,12 @@ def segment(
     # every input and output, before the model is opened and before anything is written
     json_file = as_json if as_json not in (None, "-") else None
     reserved = {"--summary": summary, "--json": json_file}
-    plan = plan_segment_files(inputs, out, save=kinds, recursive=recursive, reserved=reserved)
+    if engine is Engine.ray:  # URIs (s3://, gs://, file://) are listed through pyarrow there
+        from ..ray import plan_inputs
+
+        plan = plan_inputs(inputs, out, save=kinds, recursive=recursive, reserved=reserved)
+    else:
+        plan = plan_segment_files(inputs, out, save=kinds, recursive=recursive, reserved=reserved)
     if not plan.total:
         where = " ".join(c.printable(i) for i in inputs)
         raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
@@ -185,7 +190,7 @@ def segment(
                     c.err(f"error: {result.error}")
                 elif result.status == "ok":
                     if result.note:
-                        c.note(f"{c.printable(result.source.path)}: {result.note}")
+                        c.note(f"{c.printable(result.name)}: {result.note}")
                     if show_paths and as_json != "-":
                         for path in result.written:
                             c.emit(c.printable(path))
