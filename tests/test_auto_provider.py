@@ -1,0 +1,41 @@
+"""--device auto between the CPU EP and OpenVINO: decided by the recorded measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conftest import make_segmenter, segmenter_info
+
+from segen_edge import zoo
+from segen_edge.loading import _auto_cpu_provider
+
+
+def _row(ms1: float, ms8: float, ok: bool = True, file: str = "fp32") -> dict[str, Any]:
+    return {"file": file, "latency_ms": {"1": ms1, "8": ms8}, "within_budget": ok}
+
+
+def _ref(tmp_path: Path, providers: dict[str, Any] | None) -> zoo.ModelRef:
+    card: dict[str, Any] = {"dataset": "synthetic"}
+    if providers is not None:
+        card["export"] = {"providers": providers}
+    for precision in ("fp32", "int8"):
+        make_segmenter(tmp_path / f"m-{precision}.onnx", segmenter_info(precision=precision, card=card))
+    return zoo.ModelRef("m", {p: tmp_path / f"m-{p}.onnx" for p in ("fp32", "int8")})
+
+
+def test_unmeasured_openvino_means_the_cpu_ep(tmp_path: Path) -> None:
+    assert _auto_cpu_provider(_ref(tmp_path, None), "auto", 1) == "cpu"
+    cpu_only = {"cpu": {"precisions": {"fp32": _row(5, 40)}}, "openvino": {"precisions": {}}}
+    assert _auto_cpu_provider(_ref(tmp_path, cpu_only), "auto", 1) == "cpu"
+
+
+def test_the_faster_provider_per_batch_size_within_budget(tmp_path: Path) -> None:
+    providers = {
+        "cpu": {"precisions": {"fp32": _row(6, 40), "int8": _row(5, 39, file="int8")}},
+        "openvino": {"precisions": {"fp32": _row(7, 30), "int8": _row(2, 10, ok=False, file="int8")}},
+    }
+    ref = _ref(tmp_path, providers)
+    assert _auto_cpu_provider(ref, "auto", 1) == "cpu"  # 5 ms int8 on cpu beats 7 ms fp32 there
+    assert _auto_cpu_provider(ref, "auto", 8) == "openvino"  # 30 ms fp32 beats 39; int8 there is over budget
+    assert ref.choose("auto", "openvino", 8).precision == "fp32"
