@@ -62,7 +62,9 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
         "scored on them at the end (card: test_metrics)",
     )
     parser.add_argument("--mask-encoding", choices=ENCODINGS, default="auto")
-    parser.add_argument("--class-names", nargs="+", help="one name per class id")
+    parser.add_argument(
+        "--class-names", nargs="+", help="one name per class id: a b c, or a,b,c as segment takes them"
+    )
     parser.add_argument(
         "--ignore-index",
         type=int,

@@ -214,7 +214,8 @@ def _check_crop(crop: tuple[int, int], arrays: SegmentationArrays, pairs: list[P
 def _class_names(args: argparse.Namespace, encoding: str, num_classes: int) -> tuple[str, ...]:
     if not args.class_names:
         return default_class_names(encoding, num_classes)
-    names = tuple(args.class_names)
+    # "a b c" (one argument each) or "a,b,c" as segment takes them
+    names = tuple(n.strip() for part in args.class_names for n in part.split(",") if n.strip())
     if len(names) != num_classes:
         ignored = ", ".join(str(v) for v in _ignore(args))
         raise BadInputError(
