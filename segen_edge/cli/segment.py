@@ -108,7 +108,7 @@ def segment(
     from ..jobs import SaveOptions, iter_segment_files, plan_segment_files
     from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
-    from ..segment import SAVE_KINDS, RunSettings, Segmenter
+    from ..segment import SAVE_KINDS, Segmenter
 
     kinds = tuple(k.strip() for k in save.split(",") if k.strip())
     kept = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
@@ -155,10 +155,9 @@ def segment(
     )
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
-    settings = RunSettings(
+    settings = segmenter.settings(
         mode=mode.value if mode else None, overlap=overlap, batch_size=batch_size, keep_aspect=keep_aspect
     )
-    settings = segmenter.settings(**settings.__dict__)
     show_paths = list_outputs if list_outputs is not None else not sys.stdout.isatty()
     counts = {"ok": 0, "skipped": 0, "failed": 0}
     entries = []
