@@ -28,9 +28,7 @@ from .resizing import resize_input, upsample
 
 log = logging.getLogger("segen_edge")
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
-BLENDS = tiling.BLENDS
 RESIZE_BATCH = 16  # images per run in resize mode when segment() is given a list
-MODES = tiling.MODES
 
 
 @dataclass(frozen=True)
@@ -47,15 +45,11 @@ class RunSettings:
     def resolved(self, info: ModelInfo) -> RunSettings:
         """These settings with the model's defaults filled in, each checked once."""
         mode = self.mode or info.mode
-        if mode not in MODES:
-            raise BadInputError(f"--mode {mode}: expected one of {', '.join(MODES)}")
         overlap = info.overlap if self.overlap is None else self.overlap
-        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
-            raise BadInputError(f"--overlap {overlap}: expected a fraction in [0, 1), e.g. 0.25")
-        if self.blend not in BLENDS:
-            raise BadInputError(f"--blend {self.blend}: expected one of {', '.join(BLENDS)}")
-        if isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= tiling.MAX_BATCH:
-            raise BadInputError(f"--batch-size {self.batch_size}: expected 1 to {tiling.MAX_BATCH}")
+        tiling.check_mode(mode)
+        tiling.check_overlap(overlap)
+        tiling.check_blend(self.blend)
+        tiling.check_batch(self.batch_size)
         keep = info.keep_aspect if self.keep_aspect is None else self.keep_aspect
         return RunSettings(mode, float(overlap), self.blend, self.batch_size, keep, self.probabilities)
 

@@ -84,7 +84,7 @@ def _axis_layout(n: int, tile: int, step: int) -> tuple[int, int, tuple[int, ...
 def tile_grid(size: tuple[int, int], tile: tuple[int, int], overlap: float = 0.25) -> TileGrid:
     """The window layout of tile mode for an image of `size` (height, width)."""
     tile = _check_size(tile, "tile size", MAX_TILE_SIDE)
-    _check_overlap(overlap)
+    check_overlap(overlap)
     step = tuple(max(1, math.floor(round(t * (1.0 - overlap), 6))) for t in tile)
     top, bottom, ys = _axis_layout(size[0], tile[0], step[0])
     left, right, xs = _axis_layout(size[1], tile[1], step[1])
@@ -98,7 +98,7 @@ def window_weights(length: int, blend: str = "gaussian") -> np.ndarray:
     gaussian: exp(-d^2 / 2 sigma^2), sigma = length / 8 (nnU-Net, MONAI); linear: a tent,
     about 1/length at the outermost pixels; constant: ones. The 2-D weight of a window is the
     outer product of its two sides, so the sum over a grid of windows is separable too."""
-    _check_blend(blend)
+    check_blend(blend)
     pos = np.arange(length, dtype=np.float64) + 0.5
     if blend == "constant":
         w = np.ones(length)
@@ -215,8 +215,8 @@ def segment_tiled(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Tile mode (see the module docstring): overlap-tile with blended windows, in bands."""
     image = _as_hwc(image_u8)
-    _check_blend(blend)
-    _check_batch(batch_size)
+    check_blend(blend)
+    check_batch(batch_size)
     size = (image.shape[0], image.shape[1])
     grid = tile_grid(size, tile, overlap)
     wy, wx = window_weights(grid.tile[0], blend), window_weights(grid.tile[1], blend)
@@ -256,11 +256,10 @@ def segment_image(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment one uint8 (H, W[, C]) image: class ids (H, W) and, with want_probs,
     uint8 (K, H, W) probabilities. `tile` defaults to `model_size` in tile mode."""
-    if mode not in MODES:
-        raise BadInputError(f"--mode {mode}: expected one of {', '.join(MODES)}")
-    _check_overlap(overlap)
-    _check_blend(blend)
-    _check_batch(batch_size)
+    check_mode(mode)
+    check_overlap(overlap)
+    check_blend(blend)
+    check_batch(batch_size)
     if mode == "native":
         return segment_native(image_u8, predict, stride=stride, want_probs=want_probs)
     if mode == "resize":
@@ -278,18 +277,23 @@ def segment_image(
 # -- argument checks ---------------------------------------------------------------------
 
 
-def _check_overlap(overlap: float) -> None:
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise BadInputError(f"--mode {mode}: expected one of {', '.join(MODES)}")
+
+
+def check_overlap(overlap: float) -> None:
     ok = isinstance(overlap, (int, float)) and not isinstance(overlap, bool) and 0.0 <= overlap < 1.0
     if not ok:
         raise BadInputError(f"--overlap {overlap}: expected a fraction in [0, 1), e.g. 0.25")
 
 
-def _check_blend(blend: str) -> None:
+def check_blend(blend: str) -> None:
     if blend not in BLENDS:
         raise BadInputError(f"--blend {blend}: expected one of {', '.join(BLENDS)}")
 
 
-def _check_batch(batch_size: int) -> None:
+def check_batch(batch_size: int) -> None:
     if not (
         isinstance(batch_size, int) and not isinstance(batch_size, bool) and 1 <= batch_size <= MAX_BATCH
     ):
