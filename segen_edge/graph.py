@@ -9,8 +9,6 @@ probabilities or class ids.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,9 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .errors import ModelError
-from .onnxmeta import _fields, parse_metadata
-
-MAX_MODEL_BYTES = 2**31  # protobuf's own limit; larger "models" are something else
+from .onnxmeta import _fields, parse_metadata, read_model_bytes
 
 ELEM_TYPES = {
     1: "float32",
@@ -121,28 +117,6 @@ class GraphSummary:
             ),
             "external_data": list(self.external_data),
         }
-
-
-def read_model_bytes(path: str | Path) -> bytes:
-    """The bytes of an ONNX file, refusing what is not a regular file of a sane size first
-    (a FIFO would block, /dev/zero would never end)."""
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file not found; pass an ONNX file or a bundled model name") from None
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelError(f"{path}: is a folder; pass an .onnx file or a bundled model name")
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelError(f"{path}: not a regular file (a pipe, socket or device); pass an .onnx file")
-    if st.st_size > MAX_MODEL_BYTES:
-        raise ModelError(f"{path}: {st.st_size:,} bytes is larger than any ONNX file can be (2 GiB)")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
 
 
 def summarize(data: bytes, path: str = "<bytes>") -> GraphSummary:

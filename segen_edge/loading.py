@@ -21,10 +21,11 @@ import numpy as np
 from . import zoo
 from .errors import BadInputError, MetadataError, ModelError
 from .generate import Generator
-from .graph import GraphSummary, infer_description, read_model_bytes, summarize
+from .graph import GraphSummary, infer_description, summarize
 from .masks import default_palette
 from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
 from .model import Model
+from .onnxmeta import read_model_bytes
 from .pipeline import cpu_count
 from .providers import cuda_available, openvino_devices
 from .segment import Segmenter

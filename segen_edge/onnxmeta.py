@@ -8,6 +8,8 @@ is a protobuf ModelProto: we walk its top-level fields and decode only field 14
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import cast
 
@@ -73,14 +75,33 @@ def parse_metadata(data: bytes) -> dict[str, str]:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """metadata_props of the ONNX file at `path`, or a ModelError naming the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"{path}: model file not found") from None
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
+    data = read_model_bytes(path)
     try:
         return parse_metadata(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: not an ONNX model ({exc}); expected a .onnx file") from None
+
+
+MAX_MODEL_BYTES = 2**31  # protobuf's own limit; larger "models" are something else
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """The bytes of an ONNX file, refusing what is not a regular file of a sane size first
+    (a FIFO would block, /dev/zero would never end)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found; pass an ONNX file or a bundled model name") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelError(f"{path}: is a folder; pass an .onnx file or a bundled model name")
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"{path}: not a regular file (a pipe, socket or device); pass an .onnx file")
+    if st.st_size > MAX_MODEL_BYTES:
+        raise ModelError(f"{path}: {st.st_size:,} bytes is larger than any ONNX file can be (2 GiB)")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model ({exc.strerror or exc})") from None

@@ -18,13 +18,13 @@ from .. import zoo
 from ..cache import external_data_files
 from ..errors import BadInputError, ModelError
 from ..files import WriteError
-from ..graph import read_model_bytes
 from ..images import Decoded, decode_image, load_image
 from ..jobs import SaveOptions
 from ..loading import Source as ModelSource
 from ..loading import load_segmenter
 from ..manifest import Manifest, input_stat, rel_of
 from ..metadata import ModelInfo
+from ..onnxmeta import read_model_bytes
 from ..segment import RunSettings, Segmentation, Segmenter
 from ..session import create_session
 from .listing import _line, result_schema
