@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError
-from .files import Source, WriteError, find_images
+from .files import Source, WriteError
 from .generate import check_batch_size
 from .images import DEFAULT_MAX_PIXELS, Decoded, load_image
 from .manifest import input_stat, model_digest, rel_of, run_record
@@ -381,8 +381,3 @@ def _skipped(entry: Planned) -> ImageResult:
     return ImageResult(
         entry.source, "skipped", outputs=list(entry.targets.values()), size=size, fractions=fractions
     )
-
-
-def find_inputs(inputs: Iterable[str | os.PathLike[str]], recursive: bool = False) -> Iterator[Source]:
-    """The images that `segment_files` would process, lazily, in order."""
-    return find_images([os.fspath(i) for i in inputs], recursive)
