@@ -48,6 +48,13 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
     )
     parser.add_argument("--val-count", type=int, help="hold out exactly N pairs")
     parser.add_argument(
+        "--jit",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="compile the training step with XLA (about 1.3x faster on CPU at a fixed input "
+        "size; default off)",
+    )
+    parser.add_argument(
         "--val-list",
         metavar="FILE",
         help="the data set's own validation stems, one a line (instead of a random split)",

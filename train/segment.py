@@ -342,7 +342,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 None if class_weights is None else class_weights.tolist(),
                 args.focal_gamma,
             ),
-            jit_compile=False,
+            jit_compile=bool(getattr(args, "jit", False)),
         )
         initial_epoch = 0
     run_dir.mkdir(parents=True, exist_ok=True)
