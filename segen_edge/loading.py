@@ -196,11 +196,35 @@ def _read(
         return bytes(source), "<bytes>", precision == "bf16", device
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
     provider = probe_provider(device)
+    tuned = _tuned(ref, device, provider, precision, batch_size)
+    if tuned is not None:
+        log.info("%s: %s %s, the fastest `segen-edge tune` timed here", ref.name, *tuned[:2])
+        return read_model_bytes(tuned[2].path), str(tuned[2].path), tuned[2].bf16, Device(tuned[0])
     if device is Device.auto and provider == "openvino":
         provider = _auto_cpu_provider(ref, precision, batch_size)
         device = Device(provider)
     choice = ref.choose(precision, provider, batch_size)
     return read_model_bytes(choice.path), str(choice.path), choice.bf16, device
+
+
+def _tuned(
+    ref: zoo.ModelRef, device: Device, provider: str, precision: str, batch_size: int
+) -> tuple[str, str, zoo.Choice] | None:
+    """(provider, precision, file) from this machine's `segen-edge tune` record, when the
+    choice is auto's (the device, the precision or both) on a CPU provider."""
+    if provider not in ("cpu", "openvino") or (device is not Device.auto and precision != "auto"):
+        return None
+    if precision == "bf16":
+        return None
+    from . import tuning
+
+    providers = ["cpu", "openvino"] if device is Device.auto and provider == "openvino" else [provider]
+    found = tuning.best(ref, providers, batch_size, precision)
+    if found is None:
+        return None
+    cand, ms = found
+    shown = cand.precision if cand.precision != "auto" else "its file"
+    return cand.provider, shown, zoo.Choice(cand.precision, cand.path, cand.bf16, ms)
 
 
 def _auto_cpu_provider(ref: zoo.ModelRef, precision: str, batch_size: int) -> str:

@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 
 from .. import __version__
 from ..errors import SegenError
-from . import bench, common, evaluate, generate, models, passthrough, segment
+from . import bench, common, evaluate, generate, models, passthrough, segment, tune
 
 
 class _Group(TyperGroup):
@@ -43,6 +43,7 @@ app = typer.Typer(
 app.command()(segment.segment)
 app.command()(generate.generate)
 app.command()(bench.bench)
+app.command()(tune.tune)
 app.command("models")(models.list_models)
 app.command()(models.info)
 app.command()(evaluate.evaluate)

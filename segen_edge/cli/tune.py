@@ -1,0 +1,89 @@
+"""segen-edge tune: time every provider and precision a model may run in, on this machine,
+and record them for `--device auto` / `--precision auto` (see segen_edge/tuning.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..errors import SegenError
+from . import common as c
+from .bench import _sizes
+
+
+def tune(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name or ONNX path (repeatable; default: all bundled)."),
+    ] = None,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Comma list, e.g. 1,8.")] = "1,8",
+    runs: Annotated[int, typer.Option("--runs", min=3, max=10_000)] = 20,
+    as_json: Annotated[
+        str | None,
+        typer.Option(
+            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
+        ),
+    ] = None,
+    image_size: c.ImageSizeOpt = None,
+    layout: c.LayoutOpt = None,
+    pixel_scale: c.PixelScaleOpt = None,
+    pixel_offset: c.PixelOffsetOpt = None,
+    mean: c.MeanOpt = None,
+    std: c.StdOpt = None,
+    class_names: c.ClassNamesOpt = None,
+    output_kind: c.OutputKindOpt = None,
+    latent_size: c.LatentSizeOpt = None,
+    quiet: c.QuietOpt = False,
+    verbose: c.VerboseOpt = False,
+) -> None:
+    """Time each model on every CPU provider and precision here, and record the fastest.
+
+    One thread per run, as segment and generate run batches. Only precisions that passed
+    their agreement check on a provider (the export's card) are timed there. Afterwards
+    --device auto and --precision auto take this machine's fastest instead of the build
+    machine's figures; the record lives in the cache folder (tuning.json).
+    """
+    c.setup(quiet, verbose)
+    from .. import tuning, zoo
+    from ..providers import openvino_devices
+
+    sizes = _sizes(batch_size)
+    overrides = c.description(
+        image_size, layout, pixel_scale, pixel_offset, mean, std, class_names, output_kind, latent_size
+    )
+    specs = model or list(zoo.bundled_models())
+    if not specs:
+        raise SegenError("no bundled models found; pass --model PATH.onnx")
+    providers = ["cpu", "openvino"] if openvino_devices() else ["cpu"]
+    rows = []
+    for spec in specs:
+        ref = zoo.resolve(spec, "segment")
+        c.note(f"segen-edge: tune {ref.name} on {', '.join(providers)}")
+        timings, record = tuning.tune(ref, providers, sizes, runs, overrides=overrides)
+        if record is None:
+            c.err(f"{ref.name}: the cache is off ($SEGEN_EDGE_CACHE), so nothing was recorded")
+        for batch in sizes:
+            at = [t for t in timings if t.batch == batch]
+            fastest = min(at, key=lambda t: t.p50_ms) if at else None
+            for t in at:
+                rows.append({"model": ref.name, **vars(t), "chosen": t is fastest})
+    if as_json is not None:
+        c.write_json(rows, as_json)
+        if as_json == "-":
+            return
+    _render(rows)
+
+
+def _render(rows: list[dict[str, object]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="segen-edge tune (one thread per run; * = what auto now takes)")
+    for col in ("model", "batch", "provider", "precision", "file", "p50 ms", ""):
+        table.add_column(col, justify="right" if col in ("batch", "p50 ms") else "left")
+    for r in rows:
+        table.add_row(
+            str(r["model"]), str(r["batch"]), str(r["provider"]), str(r["precision"]),
+            str(r["file"]), f"{r['p50_ms']:.2f}", "*" if r["chosen"] else "",
+        )  # fmt: skip
+    c.console().print(table)

@@ -1,0 +1,221 @@
+"""This machine's own timings for `auto`.
+
+`--device auto` and `--precision auto` choose from the export's per-provider figures, which
+were taken on the machine that built the model (the bundled ones: a 2-core AVX2 EPYC). On
+another CPU the fastest choice can differ (OpenVINO's int8 kernels gain most where VNNI is
+present; bf16 exists only with AVX512-BF16 or AMX). `segen-edge tune` (`tune()` here) times,
+on this machine, every provider and precision a model may run in, one thread per run and one
+batch at a time as the batch job runs them, and records the figures in the cache folder
+(`tuning.json`). `best()` reads that record; `auto` takes it before the export's figures.
+
+Only what is known to be accurate on a provider is timed there: fp32 everywhere; another
+precision where the model's card records it within its accuracy budget on that provider
+(the export's agreement check), and on the CPU EP any file whose card has no CPU EP rows
+(what auto has always run there). A file that failed its check is never timed nor picked.
+The record is keyed by the bytes of every file timed, onnxruntime's version and the CPU
+(cache.cache_key), so a changed model, upgrade or machine is timed afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import cache, zoo
+from .providers import has_bf16
+
+log = logging.getLogger("segen_edge")
+
+RECORD = "tuning.json"
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a model here: a provider, and a file in a precision."""
+
+    provider: str  # cpu | openvino
+    precision: str  # fp32 | fp16 | int8 | bf16 (the fp32 file computed in bfloat16)
+    file: str  # the file's key in the model's files or variants: fp32, int8, int8.openvino
+    path: Path
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class Timing:
+    provider: str
+    precision: str
+    file: str
+    batch: int
+    p50_ms: float
+
+
+def candidates(ref: zoo.ModelRef, providers: Sequence[str]) -> list[Candidate]:
+    """Every (provider, file) of `ref` that is known to be accurate on that provider."""
+    if ref.explicit is not None and not ref.files:
+        return _lone_file(ref.explicit, providers)
+    rows_by_provider = ref.measurements()
+    found: list[Candidate] = []
+    for provider in providers:
+        rows = rows_by_provider.get(provider, {}).get("precisions", {})
+        passed = {
+            (str(row.get("file", name)), bool(row.get("bf16")))
+            for name, row in rows.items()
+            if isinstance(row, dict) and row.get("within_budget") is True
+        }
+        for key, path in ref.files.items():
+            if key == "fp32" or (key, False) in passed or (provider == "cpu" and not rows):
+                found.append(Candidate(provider, key, key, path))
+        for key, path in ref.variants.items():  # files made for one provider: int8.openvino
+            if key.endswith(f".{provider}") and (key, False) in passed:
+                found.append(Candidate(provider, key.split(".")[0], key, path))
+        if provider == "openvino" and "fp32" in ref.files and ("fp32", True) in passed and has_bf16():
+            found.append(Candidate(provider, "bf16", "fp32", ref.files["fp32"], bf16=True))
+    return found
+
+
+def _lone_file(path: Path, providers: Sequence[str]) -> list[Candidate]:
+    """A file with no sibling precisions: on every provider when it computes in float, on
+    the CPU EP only when it is quantized (nothing says how it fares under OpenVINO)."""
+    from .graph import summarize
+    from .onnxmeta import read_model_bytes
+
+    graph = summarize(read_model_bytes(path), str(path))
+    precision = graph.metadata.get("segen.precision", "").strip('"') or graph.precision
+    where = providers if precision in ("fp32", "fp16") else [p for p in providers if p == "cpu"]
+    return [Candidate(provider, "auto", "file", path) for provider in where]
+
+
+def record_key(found: Sequence[Candidate]) -> str | None:
+    """The key of a model's record: the cache keys of every file it may run (which cover the
+    bytes, external data, onnxruntime's version and this CPU)."""
+    parts = []
+    for path in sorted({c.path for c in found}):
+        key = cache.cache_key(path)
+        if key is None:
+            return None
+        parts.append(key)
+    return "-".join(parts) if parts else None
+
+
+def _record_path() -> Path | None:
+    folder = cache.cache_dir()
+    return None if folder is None else folder / RECORD
+
+
+def _read_record() -> dict[str, Any]:
+    path = _record_path()
+    if path is None:
+        return {}
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        return {}
+    entries = document.get("models")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_record(key: str, entry: dict[str, Any]) -> Path | None:
+    path = _record_path()
+    if path is None:
+        return None
+    entries = _read_record()
+    entries[key] = entry
+    document = {"schema": SCHEMA, "models": entries}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from .files import atomic_write
+
+    atomic_write(path, lambda fh: fh.write(json.dumps(document, indent=1).encode()))
+    return path
+
+
+def best(
+    ref: zoo.ModelRef, providers: Sequence[str], batch: int, precision: str = "auto"
+) -> tuple[Candidate, float] | None:
+    """The fastest candidate this machine timed for `ref` among `providers` (and `precision`
+    unless auto), at the timed batch size nearest `batch`; None when it was never tuned."""
+    found = candidates(ref, providers)
+    key = record_key(found)
+    entry = _read_record().get(key or "")
+    if not isinstance(entry, dict):
+        return None
+    by_id = {(c.provider, c.file, c.bf16): c for c in found}
+    rows = [r for r in entry.get("timings", []) if isinstance(r, dict)]
+    if not rows:
+        return None
+    nearest = min({int(r["batch"]) for r in rows}, key=lambda b: abs(b - batch))
+    chosen: tuple[Candidate, float] | None = None
+    for row in rows:
+        cand = by_id.get((str(row.get("provider")), str(row.get("file")), row.get("precision") == "bf16"))
+        if cand is None or int(row["batch"]) != nearest:
+            continue
+        if precision != "auto" and cand.precision != precision:
+            continue
+        ms = float(row["p50_ms"])
+        if chosen is None or ms < chosen[1]:
+            chosen = (cand, ms)
+    return chosen
+
+
+def time_candidate(cand: Candidate, batch: int, runs: int, warmup: int, overrides: dict[str, Any]) -> float:
+    """p50 milliseconds of one run of `batch` inputs, one thread, as the batch job runs it."""
+    from .bench import sample_batch
+    from .loading import load
+
+    precision = "bf16" if cand.bf16 else cand.precision
+    with load(cand.path, device=cand.provider, precision=precision, threads=1, **overrides) as model:
+        if model.provider != cand.provider:
+            raise RuntimeError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
+        inputs = sample_batch(model, batch)
+        for _ in range(warmup):
+            model.run(inputs)
+        times = np.empty(runs)
+        for i in range(runs):
+            start = time.perf_counter()
+            model.run(inputs)
+            times[i] = time.perf_counter() - start
+    return round(float(np.median(times)) * 1e3, 3)
+
+
+def tune(
+    ref: zoo.ModelRef,
+    providers: Sequence[str],
+    batches: Sequence[int] = (1, 8),
+    runs: int = 20,
+    warmup: int = 3,
+    overrides: dict[str, Any] | None = None,
+    progress: Callable[[Timing], None] | None = None,
+) -> tuple[list[Timing], Path | None]:
+    """Time every candidate of `ref` on `providers` at each batch size and record them:
+    the timings, and the record's path (None when the cache is off)."""
+    found = candidates(ref, providers)
+    timings = []
+    for cand in found:
+        for batch in batches:
+            ms = time_candidate(cand, batch, runs, warmup, overrides or {})
+            timing = Timing(cand.provider, cand.precision, cand.file, batch, ms)
+            timings.append(timing)
+            if progress is not None:
+                progress(timing)
+    key = record_key(found)
+    written = None
+    if key is not None and timings:
+        entry = {
+            "model": ref.name,
+            "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": runs,
+            "threads": 1,
+            "timings": [asdict(t) for t in timings],
+        }
+        written = _write_record(key, entry)
+    return timings, written

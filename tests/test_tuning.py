@@ -1,0 +1,139 @@
+"""`segen-edge tune`: this machine's timings, and `auto` choosing from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_segmenter, segmenter_info
+from typer.testing import CliRunner
+
+from segen_edge import load, tuning, zoo
+from segen_edge.cli import app
+
+
+@pytest.fixture(autouse=True)
+def _own_record(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each test its own cache folder: a record made here must not steer other tests."""
+    monkeypatch.setenv("SEGEN_EDGE_CACHE", str(tmp_path / "cache"))
+
+
+def _row(file: str, ok: bool = True, bf16: bool = False) -> dict[str, Any]:
+    return {"file": file, "latency_ms": {"1": 1.0, "8": 8.0}, "within_budget": ok, "bf16": bf16}
+
+
+def _family(folder: Path, providers: dict[str, Any] | None = None, variant: bool = False) -> zoo.ModelRef:
+    """m-fp32.onnx and m-int8.onnx (and m-int8.openvino.onnx) whose card holds `providers`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card: dict[str, Any] = {"dataset": "synthetic"}
+    if providers is not None:
+        card["export"] = {"providers": providers}
+    for precision in ("fp32", "int8"):
+        make_segmenter(folder / f"m-{precision}.onnx", segmenter_info(precision=precision, card=card))
+    if variant:
+        make_segmenter(folder / "m-int8.openvino.onnx", segmenter_info(precision="int8", card=card))
+    return zoo.resolve(str(folder / "m-fp32.onnx"), "segment")
+
+
+def _fake_record(ref: zoo.ModelRef, rows: list[tuple[str, str, int, float]]) -> None:
+    """A record as tune() writes it, with chosen timings (provider, file, batch, ms)."""
+    found = tuning.candidates(ref, ["cpu", "openvino"])
+    key = tuning.record_key(found)
+    assert key is not None
+    timings = [
+        {"provider": p, "precision": f.split(".")[0], "file": f, "batch": b, "p50_ms": ms}
+        for p, f, b, ms in rows
+    ]
+    tuning._write_record(key, {"model": ref.name, "timings": timings})
+
+
+def _ids(found: list[tuning.Candidate]) -> set[tuple[str, str]]:
+    return {(c.provider, c.file) for c in found}
+
+
+def test_only_what_passed_its_check_on_a_provider_is_a_candidate(tmp_path: Path) -> None:
+    providers = {
+        "cpu": {"precisions": {"fp32": _row("fp32"), "int8": _row("int8")}},
+        "openvino": {
+            "precisions": {
+                "fp32": _row("fp32"),
+                "int8": _row("int8", ok=False),  # the CPU-tuned file fails under OpenVINO
+                "int8.openvino": _row("int8.openvino"),
+            }
+        },
+    }
+    ref = _family(tmp_path / "a", providers, variant=True)
+    assert _ids(tuning.candidates(ref, ["cpu", "openvino"])) == {
+        ("cpu", "fp32"),
+        ("cpu", "int8"),
+        ("openvino", "fp32"),
+        ("openvino", "int8.openvino"),
+    }
+    # no per-provider rows at all: fp32 everywhere, the int8 file only on the CPU EP
+    bare = _family(tmp_path / "b")
+    assert _ids(tuning.candidates(bare, ["cpu", "openvino"])) == {
+        ("cpu", "fp32"),
+        ("cpu", "int8"),
+        ("openvino", "fp32"),
+    }
+
+
+def test_auto_takes_the_fastest_timed_here_per_batch_size(tmp_path: Path) -> None:
+    ref = _family(tmp_path / "m")
+    _fake_record(
+        ref,
+        [
+            ("cpu", "fp32", 1, 5.0),
+            ("cpu", "int8", 1, 3.0),
+            ("cpu", "fp32", 8, 30.0),
+            ("cpu", "int8", 8, 41.0),
+        ],
+    )
+    one = load(str(tmp_path / "m" / "m-fp32.onnx"), device="cpu", precision="auto", batch_size=1)
+    eight = load(str(tmp_path / "m" / "m-fp32.onnx"), device="cpu", precision="auto", batch_size=8)
+    assert (one.path.name, eight.path.name) == ("m-int8.onnx", "m-fp32.onnx")
+    # a fixed precision with a fixed device is the user's choice: the record is not read
+    fixed = load(str(tmp_path / "m" / "m-fp32.onnx"), device="cpu", precision="fp32", batch_size=1)
+    assert fixed.path.name == "m-fp32.onnx"
+
+
+def test_a_timing_of_a_file_that_failed_its_check_is_never_taken(tmp_path: Path) -> None:
+    providers = {"cpu": {"precisions": {"fp32": _row("fp32"), "int8": _row("int8", ok=False)}}}
+    ref = _family(tmp_path / "m", providers)
+    _fake_record(ref, [("cpu", "fp32", 1, 9.0), ("cpu", "int8", 1, 1.0)])
+    assert tuning.best(ref, ["cpu"], 1) == (tuning.Candidate("cpu", "fp32", "fp32", ref.files["fp32"]), 9.0)
+
+
+def test_a_changed_model_is_timed_afresh(tmp_path: Path) -> None:
+    ref = _family(tmp_path / "m")
+    _fake_record(ref, [("cpu", "fp32", 1, 5.0), ("cpu", "int8", 1, 3.0)])
+    assert tuning.best(ref, ["cpu"], 1) is not None
+    make_segmenter(ref.files["int8"], segmenter_info(precision="int8", name="changed"))
+    assert tuning.best(zoo.resolve(str(ref.files["fp32"]), "segment"), ["cpu"], 1) is None
+
+
+def test_tune_times_real_sessions_and_records_the_fastest(tmp_path: Path) -> None:
+    ref = _family(tmp_path / "m")
+    timings, record = tuning.tune(ref, ["cpu"], batches=(1, 2), runs=3, warmup=1)
+    assert record is not None and record.is_file()
+    assert {(t.file, t.batch) for t in timings} == {("fp32", 1), ("int8", 1), ("fp32", 2), ("int8", 2)}
+    assert all(t.p50_ms > 0 for t in timings)
+    fastest = min((t for t in timings if t.batch == 2), key=lambda t: t.p50_ms)
+    chosen = tuning.best(ref, ["cpu"], 2)
+    assert chosen is not None and (chosen[0].file, chosen[1]) == (fastest.file, fastest.p50_ms)
+
+
+def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
+    ref = _family(tmp_path / "m")
+    result = CliRunner().invoke(
+        app, ["tune", "-m", str(ref.files["fp32"]), "-b", "1,4", "--runs", "3", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["batch"] for r in rows} == {1, 4}
+    for batch in (1, 4):
+        at = [r for r in rows if r["batch"] == batch]
+        chosen = [r for r in at if r["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["p50_ms"] == min(r["p50_ms"] for r in at)
