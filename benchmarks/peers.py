@@ -195,14 +195,21 @@ def openvino_runner(path: Path, info: ModelInfo, threads: int) -> Engine | None:
     return Engine(_layout(info, run), stream)
 
 
-def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
-    """segen-edge's engine: one run over every core for latency; for a stream of batches,
-    what `segment`/`generate` do (lanes: runs side by side, one thread each, on the CPU)."""
+def segen_runner(spec: str, task: str, threads: int, big: int, tune: bool) -> tuple[Engine, str]:
+    """segen-edge's engine: one run over every core for latency (chosen for batch 1); for a
+    stream of batches of `big`, what `segment`/`generate` do (lanes: runs side by side, one
+    thread each, on the CPU; chosen for that batch size). `tune`: first `segen-edge tune`
+    the model at batch 1 and `big`, so auto chooses from this machine's timings."""
+    from segen_edge import tuning
     from segen_edge.loading import load
     from segen_edge.pipeline import lanes_for
+    from segen_edge.providers import openvino_devices
 
-    model = load(spec, device="auto", precision="auto", threads=threads, task=task)
-    lane_model = load(spec, device="auto", precision="auto", threads=1, task=task)
+    if tune:
+        providers = ["cpu", "openvino"] if openvino_devices() else ["cpu"]
+        tuning.tune(zoo.resolve(spec, task), providers, (1, big))
+    model = load(spec, device="auto", precision="auto", threads=threads, task=task, batch_size=1)
+    lane_model = load(spec, device="auto", precision="auto", threads=1, task=task, batch_size=big)
     lanes = lanes_for(lane_model.provider, 1)
 
     def stream(batches: list[np.ndarray]) -> None:
@@ -210,7 +217,10 @@ def segen_runner(spec: str, task: str, threads: int) -> tuple[Engine, str]:
         for _ in lane_model.run_many(inputs, lanes):
             pass
 
-    how = f"{model.provider} {model.info.precision}, {lanes} lane{'s' if lanes > 1 else ''}"
+    how = (
+        f"{'tuned' if tune else 'export figures'}: b1 {model.provider} {model.info.precision}, "
+        f"b{big} {lane_model.provider} {lane_model.info.precision} x{lanes} lane{'s' if lanes > 1 else ''}"
+    )
     return Engine(_layout(model.info, model.run), stream), how
 
 
@@ -241,7 +251,7 @@ def agreement(case: Case, output: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(np.abs(output - reference)) * scale)  # mean |pixel difference|
 
 
-def bench_case(case: Case, threads: int, runs: int) -> None:
+def bench_case(case: Case, threads: int, runs: int, tune: bool = True) -> None:
     info = case.info
     rng = np.random.default_rng(0)
     big = 16 if info.task == "generate" else 8
@@ -276,7 +286,7 @@ def bench_case(case: Case, threads: int, runs: int) -> None:
     for label, make in [*runners, ("segen-edge auto", lambda: None)]:
         try:
             if label == "segen-edge auto":
-                engine, how = segen_runner(case.segen_spec, info.task, threads)
+                engine, how = segen_runner(case.segen_spec, info.task, threads, big, tune)
                 label = f"segen-edge auto ({how})"
             else:
                 made = make()
@@ -461,7 +471,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
     parser.add_argument("--skip-seed", action="store_true", help="bundled models only")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument(
+        "--no-tune",
+        dest="tune",
+        action="store_false",
+        help="auto from the export's figures only (default: `segen-edge tune` each model first, "
+        "into a temporary cache folder)",
+    )
     args = parser.parse_args()
+    if args.tune:
+        os.environ["SEGEN_EDGE_CACHE"] = tempfile.mkdtemp(prefix="segen-peers-cache-")
 
     cases = bundled_cases(args.runs_dir, args.data, args.images, args.only)
     if not args.skip_seed:
@@ -471,7 +490,7 @@ def main() -> None:
     rows = []
     for case in cases:
         print(f"{case.name}:", file=sys.stderr)
-        bench_case(case, args.threads, args.runs)
+        bench_case(case, args.threads, args.runs, args.tune)
         rows += report(case)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -407,3 +407,54 @@ def test_weights_of_another_encoder_are_refused(tmp_path: Path, capsys: pytest.C
         str(path),
     )
     _refused(capsys, code, "not weights of the efficientnetb0 encoder")
+
+
+@pytest.mark.slow
+def test_init_from_starts_at_a_trained_models_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _void_set(tmp_path / "void", n=4)
+    first = tmp_path / "first"
+    assert _run(data, first, "--epochs", "1", "--val-count", "1", "--ignore-index", "11") == 0
+    trained = keras.saving.load_model(first / "model.keras", compile=False)
+    second = tmp_path / "second"
+    code = _run(
+        data,
+        second,
+        "--epochs",
+        "1",
+        "--val-count",
+        "1",
+        "--ignore-index",
+        "11",
+        "--init-from",
+        str(first / "model.keras"),
+        "--lr",
+        "1e-9",  # so the one epoch leaves the weights where they started
+    )
+    assert code == 0
+    tuned = keras.saving.load_model(second / "model.keras", compile=False)
+    kernel = "enc0_conv1"
+    assert np.allclose(
+        tuned.get_layer(kernel).get_weights()[0], trained.get_layer(kernel).get_weights()[0], atol=1e-6
+    )
+    assert _info(second).card["init_from"] == str(first / "model.keras")
+    capsys.readouterr()
+    # another architecture, and a missing file: one line each, before training
+    _refused(
+        capsys,
+        _run(
+            data,
+            tmp_path / "wide",
+            "--epochs",
+            "1",
+            "--base-filters",
+            "8",
+            "--init-from",
+            str(first / "model.keras"),
+        ),
+        "not weights of this architecture",
+    )
+    _refused(
+        capsys, _run(data, tmp_path / "none", "--init-from", str(tmp_path / "nope.keras")), "no such file"
+    )

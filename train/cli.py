@@ -177,6 +177,12 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
         )
     else:
         parser.add_argument("--variant", choices=("8s", "32s"), default="8s")
+    parser.add_argument(
+        "--init-from",
+        metavar="FILE",
+        help="start from the weights of a trained model of the same architecture (a run's "
+        "model.keras, or a .weights.h5): fine-tuning, e.g. with another --loss or data",
+    )
     parser.set_defaults(
         arch=arch, depth=4, variant="8s", lr_default=2e-3, encoder="none", encoder_weights="imagenet"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ def check_options(args: argparse.Namespace) -> Path | None:
     the encoder's weights file (None: random initialisation)."""
     check_loss(args.loss)
     check_block(args.block)
+    check_init_from(getattr(args, "init_from", None))
     if args.crop is not None and any(v < 1 for v in args.crop):
         raise BadInputError(f"--crop {args.crop[0]} {args.crop[1]}: expected two sizes >= 1")
     if _encoder(args) == "none":
@@ -167,6 +169,32 @@ def check_options(args: argparse.Namespace) -> Path | None:
             "(grey images are repeated to 3 channels)"
         )
     return resolve_weights(_encoder(args), str(args.encoder_weights))
+
+
+def check_init_from(path: str | None) -> None:
+    if path and not Path(path).is_file():
+        raise BadInputError(
+            f"--init-from {path}: no such file; give a trained model of the same architecture "
+            "(a run's model.keras or a .weights.h5 file)"
+        )
+
+
+def init_weights(model: keras.Model, path: Path) -> None:
+    """Every layer's weights from `path`; a file of another architecture is one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix == ".keras":
+                source = keras.models.load_model(path, compile=False)
+                model.set_weights(source.get_weights())
+            else:
+                model.load_weights(str(path))
+    except (ValueError, KeyError, OSError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(
+            f"--init-from {path}: not weights of this architecture ({first[:160]}); pass the "
+            "--depth, --base-filters, --block and --encoder the model was trained with"
+        ) from None
 
 
 def _ignore(args: argparse.Namespace) -> tuple[int, ...]:
@@ -334,6 +362,8 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         model = build_segmenter(args, num_classes, channels, weights_file)
+        if getattr(args, "init_from", None):
+            init_weights(model, Path(args.init_from))
         model.compile(
             optimizer=keras.optimizers.Adam(args.lr),
             loss=SegmentationLoss(
@@ -402,6 +432,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 if weights_file
                 else (None if _encoder(args) == "none" else "none")
             ),
+            "init_from": getattr(args, "init_from", None),  # as given: cards stay portable
             "loss": args.loss,
             "focal_gamma": args.focal_gamma if args.loss == "focal" else None,
             "class_weights_from": args.class_weights.strip().lower()
