@@ -13,6 +13,7 @@ nodes left in float, which is what the per-layer sensitivity search needs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import re
 import sys
@@ -169,10 +170,15 @@ class Int8Quantizer:
                 nodes_to_quantize=list(only) if only else None,
                 nodes_to_exclude=list(exclude),
                 calibrate_method=CALIBRATION_METHODS[method],
-                calibration_cache_path=str(cache),
                 extra_options=options,
+                **({"calibration_cache_path": str(cache)} if _HAS_CALIBRATION_CACHE else {}),
             )
         return onnx.load(out)
+
+
+# onnxruntime 1.24 (what onnxruntime-openvino ships) cannot keep calibrated ranges between
+# calls; there every variant calibrates afresh (slower, the same ranges).
+_HAS_CALIBRATION_CACHE = "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
 def output_sizes(
