@@ -144,9 +144,12 @@ def best(
 ) -> tuple[Candidate, float] | None:
     """The fastest candidate this machine timed for `ref` among `providers` (and `precision`
     unless auto), at the timed batch size nearest `batch`; None when it was never tuned."""
+    entries = _read_record()
+    if not entries:
+        return None  # never tuned here: no file to hash
     found = candidates(ref, providers)
     key = record_key(found)
-    entry = _read_record().get(key or "")
+    entry = entries.get(key or "")
     if not isinstance(entry, dict):
         return None
     by_id = {(c.provider, c.file, c.bf16): c for c in found}
