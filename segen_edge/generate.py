@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from .checks import whole
 from .errors import BadInputError, ModelError
 from .model import Model
 from .pipeline import ordered_map
@@ -29,27 +30,15 @@ MAX_GRID_PIXELS = 120_000_000
 
 def check_seed(seed: int | None) -> int | None:
     """None (a fresh random seed) or a whole number 0 .. 2**63 - 1."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise BadInputError(f"--seed {seed}: expected a whole number from 0 to {2**63 - 1}")
-    return int(seed)
+    return None if seed is None else whole(seed, "--seed", 0, 2**63 - 1)
 
 
 def check_count(n: int, what: str = "-n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_COUNT:
-        raise BadInputError(f"{what} {n}: expected 1 to {MAX_COUNT:,} images")
-    return int(n)
+    return whole(n, what, 1, MAX_COUNT, "images")
 
 
 def check_batch_size(batch_size: int, limit: int = 4096) -> int:
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, (int, np.integer))
-        or not 1 <= batch_size <= limit
-    ):
-        raise BadInputError(f"--batch-size {batch_size}: expected 1 to {limit}")
-    return int(batch_size)
+    return whole(batch_size, "--batch-size", 1, limit)
 
 
 def fresh_seed() -> int:

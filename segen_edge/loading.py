@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import zoo
+from .checks import whole
 from .errors import BadInputError, MetadataError, ModelError
 from .generate import Generator
 from .graph import GraphSummary, infer_description, summarize
@@ -170,12 +171,7 @@ def check_threads(threads: int | None) -> int | None:
     """None (onnxruntime's default) or 1..4x the cores; more only makes a run slower."""
     if threads is None:
         return None
-    limit = max_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
-        raise BadInputError(
-            f"--threads {threads}: expected 1 to {limit} (this machine has {cpu_count()} cores)"
-        )
-    return threads
+    return whole(threads, "--threads", 1, max_threads(), hint=f" (this machine has {cpu_count()} cores)")
 
 
 def probe_provider(device: Device) -> str:

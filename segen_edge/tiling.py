@@ -39,6 +39,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .checks import whole
 from .errors import BadInputError, ModelError
 from .probabilities import Predict, _as_hwc, _check_size, _checked, _emit, _outputs, reflect_index
 from .resizing import segment_native, segment_resized
@@ -294,9 +295,4 @@ def check_blend(blend: str) -> None:
 
 
 def check_batch(batch_size: int) -> None:
-    if not (
-        isinstance(batch_size, int) and not isinstance(batch_size, bool) and 1 <= batch_size <= MAX_BATCH
-    ):
-        raise BadInputError(
-            f"--batch-size {batch_size}: expected a whole number of windows in 1..{MAX_BATCH}, e.g. 4"
-        )
+    whole(batch_size, "--batch-size", 1, MAX_BATCH, "windows", " (e.g. 4)")

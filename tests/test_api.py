@@ -54,8 +54,8 @@ def test_load_from_bytes_gives_the_same_model(seg_model: Path) -> None:
     [
         ({"device": "tpu"}, "device 'tpu': expected one of"),
         ({"precision": "int4"}, "precision 'int4': expected one of"),
-        ({"threads": 0}, "--threads 0: expected 1 to"),
-        ({"threads": 100_000}, "--threads 100000: expected 1 to"),
+        ({"threads": 0}, "--threads 0: expected a whole number from 1 to"),
+        ({"threads": 100_000}, "--threads 100000: expected a whole number from 1 to"),
     ],
 )
 def test_load_checks_its_arguments_once(seg_model: Path, kwargs: dict[str, object], message: str) -> None:

@@ -691,7 +691,7 @@ def test_generate_numbers_and_a_folder_in_the_way_are_one_line(gen_model: Path, 
     line = _one_error_line(segen(*base, "--seed", "-1"))
     assert "--seed -1: expected a whole number from 0 to" in line
     line = _one_error_line(segen(*base, "--seed", "1", "--threads", "100000"))
-    assert "--threads 100000: expected 1 to" in line
+    assert "--threads 100000: expected a whole number from 1 to" in line
     (out / "tiny-gen-s1-00001.png").mkdir(parents=True)
     line = _one_error_line(segen(*base, "--seed", "1"))
     assert "tiny-gen-s1-00001.png: a folder or special file is where a generated image goes" in line
