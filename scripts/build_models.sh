@@ -21,9 +21,10 @@ train() {  # NAME ARGS...: fresh run in $RUNS/NAME, log in $RUNS/NAME.log
     echo "== $name done: $(date -u +%H:%M:%S)"
 }
 
-step_unet_pets() {
+step_unet_pets() {  # residual U-Net, 5 levels from 10 filters, CE + soft Dice, XLA step
     train unet-pets unet --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \
-        --depth 4 --base-filters 8 --epochs 25 --batch-size 8 --lr 2e-3
+        --block residual --depth 5 --base-filters 10 --dropout 0.2 --epochs 45 --batch-size 8 \
+        --lr 2e-3 --loss ce+dice --max-zoom 1.4 --jitter 0.2 --saturation 0.2 --patience 0 --jit
 }
 step_fcn_pets() {  # same data, seed and fraction: the same held-out stems as unet-pets
     train fcn-pets fcn --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \

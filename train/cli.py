@@ -39,8 +39,8 @@ def _common(parser: argparse.ArgumentParser, size: tuple[int, int], epochs: int,
 
 
 def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
-    # Defaults are the bundled models' recipes (scripts/build_models.sh): a run with no
-    # options reproduces unet-pets / fcn-pets on 2 CPU cores.
+    # Defaults are quick baselines (minutes on 2 CPU cores): fcn-pets' recipe and the first
+    # unet-pets'; the bundled recipes are in scripts/build_models.sh.
     parser = sub.add_parser(arch, help=f"train a {'U-Net' if arch == 'unet' else 'FCN'} segmenter")
     _common(parser, (160, 160), 25 if arch == "unet" else 20, 8)
     parser.add_argument(
