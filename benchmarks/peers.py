@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from segen_edge import zoo  # noqa: E402
+from segen_edge.errors import SegenError  # noqa: E402
+from segen_edge.evaluate import find_data  # noqa: E402
 from segen_edge.images import load_image, preprocess  # noqa: E402
 from segen_edge.metadata import ModelInfo  # noqa: E402
 from segen_edge.onnxmeta import read_metadata  # noqa: E402
@@ -362,8 +364,11 @@ def bundled_cases(runs_dir: Path, data: Path, count: int, only: list[str] | None
                 continue
             fp32 = export_fp32(keras_model, info)
         if info.task == "segment":
-            folder = Path(info.card.get("data") or data)
-            real = real_inputs(info, folder if folder.is_dir() else data, info.card.get("held_out"), count)
+            try:  # the card's data set, found as `segen-edge evaluate` finds it
+                folder = find_data(info.card.get("data"), name)
+            except SegenError:
+                folder = data
+            real = real_inputs(info, folder, info.card.get("held_out"), count)
         else:
             real = np.random.default_rng(1).standard_normal((count, info.latent_size), dtype=np.float32)
         cases.append(Case(name, info, keras_model, fp32, int8, name, real, real[: min(len(real), 32)]))
