@@ -133,6 +133,20 @@ def stream_throughput(model: Model, batch_size: int, lanes: int, runs: int) -> f
     return batch_size * runs / (time.perf_counter() - start)
 
 
+def run_times(model: Model, batch_size: int, runs: int, warmup: int) -> np.ndarray:
+    """Seconds of each of `runs` calls of the session on one sample batch, after `warmup`
+    untimed calls."""
+    batch = sample_batch(model, batch_size)
+    for _ in range(warmup):
+        model.run(batch)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter()
+        model.run(batch)
+        times[i] = time.perf_counter() - start
+    return times
+
+
 def measure(
     model: Model,
     batch_size: int,
@@ -151,14 +165,7 @@ def measure(
     `cold`: the model's cold start (see cold_start). `reference`: the fp32 model to measure
     agreement against, on up to AGREEMENT_IMAGES images of `data` (else synthetic input).
     """
-    batch = sample_batch(model, batch_size)
-    for _ in range(warmup):
-        model.run(batch)
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        model.run(batch)
-        times[i] = time.perf_counter() - start
+    times = run_times(model, batch_size, runs, warmup)
     ms = times * 1e3
     quality: dict[str, Any] = {}
     if reference is not None:

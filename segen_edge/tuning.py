@@ -19,8 +19,6 @@ The record is keyed by the bytes of every file timed, onnxruntime's version and 
 from __future__ import annotations
 
 import json
-import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -30,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from . import cache, zoo
+from .errors import ProviderError
 from .providers import has_bf16
-
-log = logging.getLogger("segen_edge")
 
 RECORD = "tuning.json"
 SCHEMA = 1
@@ -170,24 +167,22 @@ def best(
     return chosen
 
 
-def time_candidate(cand: Candidate, batch: int, runs: int, warmup: int, overrides: dict[str, Any]) -> float:
-    """p50 milliseconds of one run of `batch` inputs, one thread, as the batch job runs it."""
-    from .bench import sample_batch
+def time_candidate(
+    cand: Candidate, batches: Sequence[int], runs: int, warmup: int, overrides: dict[str, Any]
+) -> dict[int, float]:
+    """p50 milliseconds of one run at each batch size, one thread, as the batch job runs
+    it: one session for all of them."""
+    from .bench import run_times
     from .loading import load
 
     precision = "bf16" if cand.bf16 else cand.precision
     with load(cand.path, device=cand.provider, precision=precision, threads=1, **overrides) as model:
         if model.provider != cand.provider:
-            raise RuntimeError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
-        inputs = sample_batch(model, batch)
-        for _ in range(warmup):
-            model.run(inputs)
-        times = np.empty(runs)
-        for i in range(runs):
-            start = time.perf_counter()
-            model.run(inputs)
-            times[i] = time.perf_counter() - start
-    return round(float(np.median(times)) * 1e3, 3)
+            raise ProviderError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
+        return {
+            batch: round(float(np.median(run_times(model, batch, runs, warmup))) * 1e3, 3)
+            for batch in batches
+        }
 
 
 def tune(
@@ -204,8 +199,7 @@ def tune(
     found = candidates(ref, providers)
     timings = []
     for cand in found:
-        for batch in batches:
-            ms = time_candidate(cand, batch, runs, warmup, overrides or {})
+        for batch, ms in time_candidate(cand, batches, runs, warmup, overrides or {}).items():
             timing = Timing(cand.provider, cand.precision, cand.file, batch, ms)
             timings.append(timing)
             if progress is not None:
