@@ -11,19 +11,14 @@ from ..errors import SegenError
 from ..session import Device
 from . import common as c
 
-MAX_BENCH_BATCH = 1024
-
 
 def bench(
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", "-m", help="Model name or ONNX path (repeatable; default: all bundled)."),
-    ] = None,
+    model: c.ModelsOpt = None,
     device: c.DeviceOpt = Device.auto,
     precision: Annotated[
         str, typer.Option("--precision", "-p", help="auto, all, or a comma list of fp32,fp16,int8,bf16.")
     ] = "auto",
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Comma list, e.g. 1,8.")] = "1,8",
+    batch_size: c.BatchSizesOpt = "1,8",
     runs: Annotated[int, typer.Option("--runs", min=1, max=100_000)] = 50,
     warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000)] = 5,
     threads: c.ThreadsOpt = None,
@@ -31,12 +26,7 @@ def bench(
         Path | None,
         typer.Option("--data", help="Images to measure agreement with fp32 on (default: synthetic input)."),
     ] = None,
-    as_json: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
-        ),
-    ] = None,
+    as_json: c.JsonOpt = None,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
     pixel_scale: c.PixelScaleOpt = None,
@@ -58,7 +48,7 @@ def bench(
     from .. import zoo
     from ..loading import check_threads
 
-    sizes = _sizes(batch_size)
+    sizes = c.batch_sizes(batch_size)
     check_threads(threads)
     overrides = c.description(
         image_size, layout, pixel_scale, pixel_offset, mean, std, class_names, output_kind, latent_size
@@ -123,18 +113,6 @@ def _one(
         reference=None if same else reference,
         data=data,
     )
-
-
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected e.g. 1,8", param_hint="--batch-size") from None
-    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BENCH_BATCH:
-        raise typer.BadParameter(
-            f"{text!r}: expected sizes from 1 to {MAX_BENCH_BATCH}, e.g. 1,8", param_hint="--batch-size"
-        )
-    return sizes
 
 
 def _quality(r: Any) -> str:

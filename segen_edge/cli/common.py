@@ -81,6 +81,15 @@ BatchThreadsOpt = Annotated[
         "one per core, which is faster than one batch over every core.",
     ),
 ]
+ModelsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="Model name or ONNX path (repeatable; default: all bundled)."),
+]
+BatchSizesOpt = Annotated[str, typer.Option("--batch-size", "-b", help="Comma list, e.g. 1,8.")]
+JsonOpt = Annotated[
+    str | None,
+    typer.Option("--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also say what runs where.")]
 ImageSizeOpt = Annotated[
@@ -124,6 +133,22 @@ LatentSizeOpt = Annotated[
     int | None,
     typer.Option("--latent-size", min=1, help="A generator's latent size.", rich_help_panel=DESCRIBE),
 ]
+
+
+MAX_BENCH_BATCH = 1024
+
+
+def batch_sizes(text: str) -> list[int]:
+    """--batch-size as a comma list (bench, tune): "1,8" -> [1, 8], each 1..MAX_BENCH_BATCH."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected e.g. 1,8", param_hint="--batch-size") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_BENCH_BATCH:
+        raise typer.BadParameter(
+            f"{text!r}: expected sizes from 1 to {MAX_BENCH_BATCH}, e.g. 1,8", param_hint="--batch-size"
+        )
+    return sizes
 
 
 def floats(text: str | None, flag: str) -> tuple[float, ...] | None:

@@ -32,12 +32,7 @@ def evaluate(
     precision: c.PrecisionOpt = c.Precision.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=1024)] = 8,
     threads: c.ThreadsOpt = None,
-    as_json: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
-        ),
-    ] = None,
+    as_json: c.JsonOpt = None,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
     pixel_scale: c.PixelScaleOpt = None,

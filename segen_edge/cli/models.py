@@ -12,12 +12,7 @@ from . import common as c
 
 
 def list_models(
-    as_json: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
-        ),
-    ] = None,
+    as_json: c.JsonOpt = None,
     quiet: c.QuietOpt = False,
     verbose: c.VerboseOpt = False,
 ) -> None:
@@ -73,12 +68,7 @@ def info(
     model: Annotated[str, typer.Argument(help="Bundled model name or any ONNX file.")],
     precision: c.PrecisionOpt = c.Precision.auto,
     card: Annotated[bool, typer.Option("--card", help="Also print the full model card.")] = False,
-    as_json: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
-        ),
-    ] = None,
+    as_json: c.JsonOpt = None,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
     pixel_scale: c.PixelScaleOpt = None,

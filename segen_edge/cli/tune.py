@@ -9,22 +9,13 @@ import typer
 
 from ..errors import SegenError
 from . import common as c
-from .bench import _sizes
 
 
 def tune(
-    model: Annotated[
-        list[str] | None,
-        typer.Option("--model", "-m", help="Model name or ONNX path (repeatable; default: all bundled)."),
-    ] = None,
-    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Comma list, e.g. 1,8.")] = "1,8",
+    model: c.ModelsOpt = None,
+    batch_size: c.BatchSizesOpt = "1,8",
     runs: Annotated[int, typer.Option("--runs", min=3, max=10_000)] = 20,
-    as_json: Annotated[
-        str | None,
-        typer.Option(
-            "--json", help="JSON on stdout; --json FILE.json writes it to a file.", show_default=False
-        ),
-    ] = None,
+    as_json: c.JsonOpt = None,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
     pixel_scale: c.PixelScaleOpt = None,
@@ -48,7 +39,7 @@ def tune(
     from .. import tuning, zoo
     from ..providers import openvino_devices
 
-    sizes = _sizes(batch_size)
+    sizes = c.batch_sizes(batch_size)
     overrides = c.description(
         image_size, layout, pixel_scale, pixel_offset, mean, std, class_names, output_kind, latent_size
     )
