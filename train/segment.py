@@ -149,7 +149,7 @@ def check_options(args: argparse.Namespace) -> Path | None:
     the encoder's weights file (None: random initialisation)."""
     check_loss(args.loss)
     check_block(args.block)
-    check_init_from(getattr(args, "init_from", None))
+    check_init_from(args.init_from)
     if args.crop is not None and any(v < 1 for v in args.crop):
         raise BadInputError(f"--crop {args.crop[0]} {args.crop[1]}: expected two sizes >= 1")
     if _encoder(args) == "none":
@@ -362,7 +362,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         model = build_segmenter(args, num_classes, channels, weights_file)
-        if getattr(args, "init_from", None):
+        if args.init_from:
             init_weights(model, Path(args.init_from))
         model.compile(
             optimizer=keras.optimizers.Adam(args.lr),
@@ -372,7 +372,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 None if class_weights is None else class_weights.tolist(),
                 args.focal_gamma,
             ),
-            jit_compile=bool(getattr(args, "jit", False)),
+            jit_compile=args.jit,
         )
         initial_epoch = 0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +432,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 if weights_file
                 else (None if _encoder(args) == "none" else "none")
             ),
-            "init_from": getattr(args, "init_from", None),  # as given: cards stay portable
+            "init_from": args.init_from,  # as given: cards stay portable
             "loss": args.loss,
             "focal_gamma": args.focal_gamma if args.loss == "focal" else None,
             "class_weights_from": args.class_weights.strip().lower()
