@@ -205,10 +205,10 @@ def segen_runner(spec: str, task: str, threads: int, big: int, tune: bool) -> tu
     from segen_edge import tuning
     from segen_edge.loading import load
     from segen_edge.pipeline import lanes_for
-    from segen_edge.providers import openvino_devices
+    from segen_edge.providers import cpu_providers
 
     if tune:
-        providers = ["cpu", "openvino"] if openvino_devices() else ["cpu"]
+        providers = cpu_providers()
         tuning.tune(zoo.resolve(spec, task), providers, (1, big))
     model = load(spec, device="auto", precision="auto", threads=threads, task=task, batch_size=1)
     lane_model = load(spec, device="auto", precision="auto", threads=1, task=task, batch_size=big)

@@ -397,8 +397,8 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
 def _variants(provider: str, models: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     """What runs on `provider`: precision -> (the file variant it runs, bf16 hint)."""
     out = {p: (p, False) for p in models if p != OV_INT8}
-    if provider == "openvino":
-        if OV_INT8 in models:
+    if provider in ("openvino", "openvino-runtime"):
+        if OV_INT8 in models and provider == "openvino":
             out[OV_INT8] = (OV_INT8, False)
         if bf16_here(provider):
             out[BF16] = ("fp32", True)

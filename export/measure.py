@@ -20,6 +20,7 @@ import numpy as np
 from segen_edge.generate import Generator
 from segen_edge.metadata import ModelInfo
 from segen_edge.model import Model
+from segen_edge.openvino_runtime import available as ov_available
 from segen_edge.providers import has_bf16, openvino_builtin
 from segen_edge.segment import Segmenter
 from segen_edge.session import create_session
@@ -32,13 +33,18 @@ def to_bytes(model: Any) -> bytes:
 
 
 def providers_here() -> list[str]:
-    """The providers export measures on: the CPU EP always, OpenVINO where it is built in."""
-    return ["cpu", *(["openvino"] if openvino_builtin() else [])]
+    """The providers export measures on: the CPU EP always, OpenVINO's EP where it is built
+    in, OpenVINO's own runtime where the openvino package is installed."""
+    return [
+        "cpu",
+        *(["openvino"] if openvino_builtin() else []),
+        *(["openvino-runtime"] if ov_available() else []),
+    ]
 
 
 def bf16_here(provider: str) -> bool:
     """Whether bf16 can be measured on `provider` on this CPU."""
-    return provider == "openvino" and has_bf16()
+    return provider in ("openvino", "openvino-runtime") and has_bf16()
 
 
 def runtime_model(

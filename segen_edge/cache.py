@@ -1,5 +1,5 @@
 """The on-disk cache of optimized graphs (CPU provider) and OpenVINO's compiled models,
-keyed by the model's bytes, its external data files, onnxruntime's version and the CPU."""
+keyed by the model's bytes, its external data files, the engines' versions and the CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .providers import cpu_flags, cpu_name, ort
+from .providers import cpu_flags, cpu_name, runtime_versions
 
 # -- cache --------------------------------------------------------------------------------
 #
@@ -93,7 +93,7 @@ def cache_key(model: Path) -> str | None:
         return None
     digest = hashlib.sha256(data)
     digest.update(_external_identity(model, data).encode())
-    digest.update(f"{ort().__version__}\n{_cpu_identity()}".encode())
+    digest.update(f"{runtime_versions()}\n{_cpu_identity()}".encode())
     return digest.hexdigest()[:20]
 
 

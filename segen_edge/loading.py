@@ -20,7 +20,7 @@ import numpy as np
 
 from . import zoo
 from .checks import whole
-from .errors import BadInputError, MetadataError, ModelError
+from .errors import BadInputError, MetadataError, ModelError, ProviderError
 from .generate import Generator
 from .graph import GraphSummary, infer_description, summarize
 from .masks import default_palette
@@ -28,7 +28,7 @@ from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
 from .model import Model
 from .onnxmeta import read_model_bytes
 from .pipeline import cpu_count
-from .providers import cuda_available, openvino_devices
+from .providers import CPU_ENGINES, cpu_providers, cuda_available
 from .segment import Segmenter
 from .session import Device, LoadedSession, create_session
 
@@ -177,45 +177,52 @@ def check_threads(threads: int | None) -> int | None:
 def probe_provider(device: Device) -> str:
     """The provider `device` will most likely get, to pick a precision before loading."""
     if device is Device.auto:
-        if cuda_available():
+        if _cuda():
             return "cuda"
-        return "openvino" if openvino_devices() else "cpu"
+        return "cpu-auto"  # one of the CPU engines, settled by measurements (_read)
     return device.value
+
+
+def _cuda() -> bool:
+    try:
+        return cuda_available()
+    except ProviderError:  # no onnxruntime: OpenVINO's runtime alone
+        return False
 
 
 def _read(
     source: Source | None, task: str | None, precision: str, device: Device, batch_size: int
 ) -> tuple[bytes, str, bool, Device]:
     """The model's bytes, a label for messages (its path), whether to run it in bf16, and
-    the device to open it on (for `auto`, settled here from the export's measurements)."""
+    the device to open it on (for `auto`, settled here from measurements)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), "<bytes>", precision == "bf16", device
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
     provider = probe_provider(device)
-    tuned = _tuned(ref, device, provider, precision, batch_size)
+    engines = cpu_providers() if provider == "cpu-auto" else [provider]
+    tuned = _tuned(ref, device, engines, precision, batch_size)
     if tuned is not None:
         log.info("%s: %s %s, the fastest `segen-edge tune` timed here", ref.name, *tuned[:2])
         return read_model_bytes(tuned[2].path), str(tuned[2].path), tuned[2].bf16, Device(tuned[0])
-    if device is Device.auto and provider == "openvino":
-        provider = _auto_cpu_provider(ref, precision, batch_size)
+    if provider == "cpu-auto":
+        provider = _auto_cpu_provider(ref, engines, precision, batch_size)
         device = Device(provider)
     choice = ref.choose(precision, provider, batch_size)
     return read_model_bytes(choice.path), str(choice.path), choice.bf16, device
 
 
 def _tuned(
-    ref: zoo.ModelRef, device: Device, provider: str, precision: str, batch_size: int
+    ref: zoo.ModelRef, device: Device, engines: list[str], precision: str, batch_size: int
 ) -> tuple[str, str, zoo.Choice] | None:
     """(provider, precision, file) from this machine's `segen-edge tune` record, when the
-    choice is auto's (the device, the precision or both) on a CPU provider."""
-    if provider not in ("cpu", "openvino") or (device is not Device.auto and precision != "auto"):
+    choice is auto's (the device, the precision or both) on the CPU engines `engines`."""
+    if not set(engines) <= set(CPU_ENGINES) or (device is not Device.auto and precision != "auto"):
         return None
-    if precision == "bf16":
+    if precision == "bf16" or not engines:
         return None
     from . import tuning
 
-    providers = ["cpu", "openvino"] if device is Device.auto and provider == "openvino" else [provider]
-    found = tuning.best(ref, providers, batch_size, precision)
+    found = tuning.best(ref, engines, batch_size, precision)
     if found is None:
         return None
     cand, ms = found
@@ -223,22 +230,26 @@ def _tuned(
     return cand.provider, shown, zoo.Choice(cand.precision, cand.path, cand.bf16, ms)
 
 
-def _auto_cpu_provider(ref: zoo.ModelRef, precision: str, batch_size: int) -> str:
-    """openvino or cpu for `--device auto` on a CPU with both: the one whose best precision
-    the export (or scripts/measure_providers.py) measured faster at this batch size, among
-    precisions within their accuracy budget there. Without OpenVINO figures the CPU EP: an
-    int8 file tuned for it can lose accuracy under OpenVINO (unet-membrane's agreed with
-    fp32 on 59% of pixels there), and an unmeasured choice must not be a worse one."""
-    measured = ref.measurements().get("openvino", {}).get("precisions")
-    if not measured:
+def _auto_cpu_provider(ref: zoo.ModelRef, engines: list[str], precision: str, batch_size: int) -> str:
+    """The CPU engine for `--device auto` among those installed: the one whose best
+    precision the export (or scripts/measure_providers.py) measured fastest at this batch
+    size, among precisions within their accuracy budget there; an engine with no figures
+    in the card is never taken on a guess. Without any figures, onnxruntime's CPU EP (or
+    OpenVINO's runtime where onnxruntime is not installed). An int8 file tuned for the CPU
+    EP can lose accuracy under OpenVINO (unet-membrane's agreed with fp32 on 59% of pixels
+    under its EP), and an unmeasured choice must not be a worse one."""
+    if not engines:
         return "cpu"
-    cpu = ref.choose(precision, "cpu", batch_size)
-    openvino = ref.choose(precision, "openvino", batch_size)
-    if openvino.latency_ms is None:
-        return "cpu"
-    if cpu.latency_ms is None or openvino.latency_ms < cpu.latency_ms:
-        return "openvino"
-    return "cpu"
+    fallback = "cpu" if "cpu" in engines else engines[0]
+    measured = ref.measurements()
+    best: tuple[float, str] | None = None
+    for engine in engines:
+        if engine != "cpu" and not measured.get(engine, {}).get("precisions"):
+            continue
+        ms = ref.choose(precision, engine, batch_size).latency_ms
+        if ms is not None and (best is None or ms < best[0]):
+            best = (ms, engine)
+    return best[1] if best else fallback
 
 
 # -- describing the model ----------------------------------------------------------------

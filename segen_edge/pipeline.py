@@ -91,9 +91,10 @@ def batch_threads(threads: int | None) -> int:
 
 
 def lanes_for(provider: str, threads: int | None) -> int:
-    """Runs in flight at once: cores / threads per run on the CPU provider; two elsewhere
-    (the device runs one batch while the host decodes and writes the other; CUDA and
-    OpenVINO spread one run over their own resources)."""
-    if provider != "cpu":
+    """Runs in flight at once: cores / threads per run on the CPU provider and OpenVINO's
+    runtime (one stream per lane); two elsewhere (the device runs one batch while the host
+    decodes and writes the other; CUDA and the OpenVINO EP spread one run over their own
+    resources)."""
+    if provider not in ("cpu", "openvino-runtime"):
         return 2
     return max(1, cpu_count() // batch_threads(threads))

@@ -16,7 +16,9 @@ from .errors import BadInputError, ProviderError
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
-SHORT_NAMES = {CUDA: "cuda", CPU: "cpu", OPENVINO: "openvino"}
+OPENVINO_RUNTIME = "OpenVINORuntime"  # OpenVINO's own runtime, no onnxruntime (openvino_runtime.py)
+SHORT_NAMES = {CUDA: "cuda", CPU: "cpu", OPENVINO: "openvino", OPENVINO_RUNTIME: "openvino-runtime"}
+CPU_ENGINES = ("cpu", "openvino", "openvino-runtime")  # what `tune` times and auto picks among
 
 
 def ort() -> Any:
@@ -96,6 +98,39 @@ def check_bf16(flags: frozenset[str] | None = None) -> None:
 
 def cuda_available() -> bool:
     return CUDA in ort().get_available_providers()
+
+
+def cpu_providers() -> list[str]:
+    """The CPU engines installed here, by short name: cpu (onnxruntime's own kernels, when
+    onnxruntime is installed), openvino (its OpenVINO EP) and openvino-runtime (the
+    openvino package)."""
+    from . import openvino_runtime
+
+    found = []
+    try:
+        rt = ort()
+    except ProviderError:
+        rt = None
+    if rt is not None:
+        found.append("cpu")
+        if OPENVINO in rt.get_available_providers() or _plugin_devices():
+            found.append("openvino")
+    if openvino_runtime.available():
+        found.append("openvino-runtime")
+    return found
+
+
+@functools.cache
+def runtime_versions() -> str:
+    """The versions of the inference engines installed here (part of the cache keys)."""
+    from . import openvino_runtime
+
+    parts = []
+    with contextlib.suppress(ProviderError):
+        parts.append(f"onnxruntime {ort().__version__}")
+    if openvino_runtime.version():
+        parts.append(f"openvino {openvino_runtime.version()}")
+    return "; ".join(parts)
 
 
 def openvino_builtin() -> bool:

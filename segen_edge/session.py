@@ -13,6 +13,8 @@ Providers:
   CPU has AVX512-BF16 or AMX) and OpenVINO's compiled-model cache. The older plugin EP
   (`onnxruntime-ep-openvino`, Intel devices only) is a second route when the built-in one
   is absent.
+- openvino-runtime: OpenVINO's own runtime (the `openvino` package; openvino_runtime.py)
+  reading the same ONNX files, with the same per-job options; no onnxruntime involved.
 - cuda: onnxruntime-gpu.
 
 Here: Device, LoadedSession and create_session; onnxruntime itself, the CPU's flags and
@@ -58,6 +60,7 @@ class Device(str, enum.Enum):
     cpu = "cpu"
     cuda = "cuda"
     openvino = "openvino"
+    openvino_runtime = "openvino-runtime"
 
 
 @dataclass
@@ -141,6 +144,19 @@ def _openvino_session(
     return rt.InferenceSession(model, sess_options=sess_options), {}
 
 
+def _openvino_runtime_session(
+    source: Path | bytes, threads: int | None, streams: int | None, bf16: bool
+) -> tuple[Any, dict[str, str]]:
+    from .openvino_runtime import RuntimeSession
+    from .pipeline import cpu_count
+
+    if streams is None and threads is not None:
+        streams = max(1, cpu_count() // threads)  # as many side-by-side runs as lanes_for makes
+    cache = None if isinstance(source, bytes) else openvino_cache(source)
+    session = RuntimeSession(source, threads, streams, bf16, cache)
+    return session, {k: str(v) for k, v in session.options.items()}
+
+
 def _try(device: str, build: Callable[[], Any], errors: dict[str, str]) -> Any:
     try:
         return build()
@@ -176,31 +192,44 @@ def create_session(
         if not source.is_file():
             raise ModelError(f"{source}: model file not found; pass an ONNX file or a bundled model name")
     if bf16:
-        if device not in (Device.auto, Device.openvino):
+        if device not in (Device.auto, Device.openvino, Device.openvino_runtime):
             raise BadInputError(
                 f"--precision bf16 runs on OpenVINO only, not --device {device.value}; "
-                "use --device openvino (or auto), or another precision"
+                "use --device openvino or openvino-runtime (or auto), or another precision"
             )
         check_bf16()
-    rt = ort()
     errors: dict[str, str] = {}
 
     order = {
-        Device.auto: ["openvino"] if bf16 else ["cuda", "openvino", "cpu"],
+        Device.auto: ["openvino", "openvino-runtime"]
+        if bf16
+        else ["cuda", "openvino", "cpu", "openvino-runtime"],
         Device.cuda: ["cuda"],
         Device.openvino: ["openvino"],
+        Device.openvino_runtime: ["openvino-runtime"],
         Device.cpu: ["cpu"],
     }[device]
     for provider in order:
         optimized, options = None, {}
-        if provider == "cuda":
+        if provider == "openvino-runtime":
+            from .openvino_runtime import available
+
+            if not available():
+                errors[provider] = "OpenVINO's runtime (the openvino package) is not installed"
+                continue
+            built = _try(provider, lambda: _openvino_runtime_session(source, threads, streams, bf16), errors)
+            session, options = built or (None, {})
+        elif not _has_onnxruntime():
+            errors[provider] = "onnxruntime is not installed"
+            continue
+        elif provider == "cuda":
             if not cuda_available():
                 errors["cuda"] = "onnxruntime-gpu is not installed"
                 continue
             model = source if isinstance(source, bytes) else str(source)
             session = _try(
                 provider,
-                lambda m=model: rt.InferenceSession(  # type: ignore[misc]
+                lambda m=model: ort().InferenceSession(  # type: ignore[misc]
                     m, sess_options=session_options(threads), providers=[CUDA, CPU]
                 ),
                 errors,
@@ -229,9 +258,21 @@ def create_session(
     raise _no_provider(device, label, errors)
 
 
+def _has_onnxruntime() -> bool:
+    try:
+        ort()
+    except ProviderError:
+        return False
+    return True
+
+
 def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exception:
     why = "; ".join(f"{k}: {v}" for k, v in errors.items())
-    if "cpu" in errors:
+    ran = [k for k, v in errors.items() if "not installed" not in v]
+    if ran == ["openvino-runtime"] and device is not Device.openvino:
+        text = errors["openvino-runtime"]
+        return ModelError(f"{path}: OpenVINO cannot run this model ({text})")
+    if "cpu" in errors and "not installed" not in errors["cpu"]:
         text = errors["cpu"]
         if "protobuf" in text.lower() or "invalid" in text.lower() or "load model" in text.lower():
             return ModelError(f"{path}: not a valid ONNX model ({text})")
@@ -241,7 +282,14 @@ def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exceptio
         "pip install 'segen-edge[gpu]', and check the CUDA driver with nvidia-smi",
         Device.openvino: "install the OpenVINO build: pip uninstall onnxruntime && "
         "pip install 'segen-edge[openvino]' (it runs on any x86 CPU)",
+        Device.openvino_runtime: "install OpenVINO's runtime: pip install openvino "
+        "(beside any onnxruntime build), or pip install 'segen-edge[openvino]'",
     }
+    if device in (Device.auto, Device.cpu) and all("not installed" in v for v in errors.values()):
+        return ProviderError(
+            "no inference engine is installed; pip install 'segen-edge[cpu]' (or [gpu] for CUDA, "
+            "[openvino] for OpenVINO on x86)"
+        )
     fix = fixes.get(device, "check the onnxruntime install")
     if device is Device.auto and "openvino" in errors and len(errors) == 1:
         fix = fixes[Device.openvino]  # bf16 asked under auto

@@ -39,7 +39,7 @@ SCHEMA = 1
 class Candidate:
     """One way to run a model here: a provider, and a file in a precision."""
 
-    provider: str  # cpu | openvino
+    provider: str  # cpu | openvino | openvino-runtime
     precision: str  # fp32 | fp16 | int8 | bf16 (the fp32 file computed in bfloat16)
     file: str  # the file's key in the model's files or variants: fp32, int8, int8.openvino
     path: Path
@@ -74,7 +74,12 @@ def candidates(ref: zoo.ModelRef, providers: Sequence[str]) -> list[Candidate]:
         for key, path in ref.variants.items():  # files made for one provider: int8.openvino
             if key.endswith(f".{provider}") and (key, False) in passed:
                 found.append(Candidate(provider, key.split(".")[0], key, path))
-        if provider == "openvino" and "fp32" in ref.files and ("fp32", True) in passed and has_bf16():
+        if (
+            provider in ("openvino", "openvino-runtime")
+            and "fp32" in ref.files
+            and ("fp32", True) in passed
+            and has_bf16()
+        ):
             found.append(Candidate(provider, "bf16", "fp32", ref.files["fp32"], bf16=True))
     return found
 

@@ -1,4 +1,5 @@
-"""--device auto between the CPU EP and OpenVINO: decided by the recorded measurements."""
+"""--device auto among the CPU engines (the CPU EP, OpenVINO's EP and its own runtime):
+decided by the recorded measurements."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from conftest import make_segmenter, segmenter_info
 
 from segen_edge import zoo
 from segen_edge.loading import _auto_cpu_provider
+
+BOTH = ["cpu", "openvino"]
+ALL = ["cpu", "openvino", "openvino-runtime"]
 
 
 def _row(ms1: float, ms8: float, ok: bool = True, file: str = "fp32") -> dict[str, Any]:
@@ -25,9 +29,9 @@ def _ref(tmp_path: Path, providers: dict[str, Any] | None) -> zoo.ModelRef:
 
 
 def test_unmeasured_openvino_means_the_cpu_ep(tmp_path: Path) -> None:
-    assert _auto_cpu_provider(_ref(tmp_path, None), "auto", 1) == "cpu"
+    assert _auto_cpu_provider(_ref(tmp_path, None), BOTH, "auto", 1) == "cpu"
     cpu_only = {"cpu": {"precisions": {"fp32": _row(5, 40)}}, "openvino": {"precisions": {}}}
-    assert _auto_cpu_provider(_ref(tmp_path, cpu_only), "auto", 1) == "cpu"
+    assert _auto_cpu_provider(_ref(tmp_path, cpu_only), BOTH, "auto", 1) == "cpu"
 
 
 def test_the_faster_provider_per_batch_size_within_budget(tmp_path: Path) -> None:
@@ -36,6 +40,32 @@ def test_the_faster_provider_per_batch_size_within_budget(tmp_path: Path) -> Non
         "openvino": {"precisions": {"fp32": _row(7, 30), "int8": _row(2, 10, ok=False, file="int8")}},
     }
     ref = _ref(tmp_path, providers)
-    assert _auto_cpu_provider(ref, "auto", 1) == "cpu"  # 5 ms int8 on cpu beats 7 ms fp32 there
-    assert _auto_cpu_provider(ref, "auto", 8) == "openvino"  # 30 ms fp32 beats 39; int8 there is over budget
+    assert _auto_cpu_provider(ref, BOTH, "auto", 1) == "cpu"  # 5 ms int8 on cpu beats 7 ms fp32 there
+    assert (
+        _auto_cpu_provider(ref, BOTH, "auto", 8) == "openvino"
+    )  # 30 ms fp32 beats 39; int8 there is over budget
     assert ref.choose("auto", "openvino", 8).precision == "fp32"
+
+
+def test_openvino_runtime_taken_where_measured_fastest_and_accurate(tmp_path: Path) -> None:
+    providers = {
+        "cpu": {"precisions": {"fp32": _row(6, 40), "int8": _row(5, 39, file="int8")}},
+        "openvino": {"precisions": {"fp32": _row(7, 30)}},
+        "openvino-runtime": {"precisions": {"fp32": _row(6.5, 35), "int8": _row(4, 28, file="int8")}},
+    }
+    ref = _ref(tmp_path, providers)
+    assert _auto_cpu_provider(ref, ALL, "auto", 1) == "openvino-runtime"
+    assert ref.choose("auto", "openvino-runtime", 1).precision == "int8"
+    # not installed here: never chosen, whatever the card says
+    assert _auto_cpu_provider(ref, BOTH, "auto", 1) == "cpu"
+    # over budget there: its int8 is never the reason to go there
+    providers["openvino-runtime"]["precisions"]["int8"]["within_budget"] = False
+    assert _auto_cpu_provider(_ref(tmp_path, providers), ALL, "auto", 1) == "cpu"
+
+
+def test_unmeasured_openvino_runtime_is_not_a_guess(tmp_path: Path) -> None:
+    cpu_only = {"cpu": {"precisions": {"fp32": _row(5, 40)}}}
+    assert _auto_cpu_provider(_ref(tmp_path, cpu_only), ALL, "auto", 1) == "cpu"
+    # OpenVINO's runtime alone (no onnxruntime): it is the engine there is
+    assert _auto_cpu_provider(_ref(tmp_path, None), ["openvino-runtime"], "auto", 1) == "openvino-runtime"
+    assert _ref(tmp_path, None).choose("auto", "openvino-runtime", 1).precision == "fp32"

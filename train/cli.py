@@ -178,6 +178,14 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
     else:
         parser.add_argument("--variant", choices=("8s", "32s"), default="8s")
     parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="MOMENTUM",
+        help="validate, keep and export an exponential moving average of the weights "
+        "(Polyak averaging; e.g. 0.99 averages about the last 100 steps; default 0: off)",
+    )
+    parser.add_argument(
         "--init-from",
         metavar="FILE",
         help="start from the weights of a trained model of the same architecture (a run's "

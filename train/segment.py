@@ -150,6 +150,8 @@ def check_options(args: argparse.Namespace) -> Path | None:
     check_loss(args.loss)
     check_block(args.block)
     check_init_from(args.init_from)
+    if not 0.0 <= args.ema < 1.0:
+        raise BadInputError(f"--ema {args.ema}: expected a momentum in [0, 1), e.g. 0.99 (0: off)")
     if args.crop is not None and any(v < 1 for v in args.crop):
         raise BadInputError(f"--crop {args.crop[0]} {args.crop[1]}: expected two sizes >= 1")
     if _encoder(args) == "none":
@@ -365,7 +367,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if args.init_from:
             init_weights(model, Path(args.init_from))
         model.compile(
-            optimizer=keras.optimizers.Adam(args.lr),
+            optimizer=keras.optimizers.Adam(args.lr, use_ema=args.ema > 0, ema_momentum=args.ema or 0.99),
             loss=SegmentationLoss(
                 num_classes,
                 args.loss,
@@ -389,6 +391,9 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
     )
     callbacks = [
         keras.callbacks.LearningRateScheduler(cosine_schedule(args.lr, args.epochs)),
+        # with --ema the averaged weights are in the model from each epoch's end to the next
+        # epoch's start: the validator scores and saves them (and the last epoch keeps them)
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema > 0 else []),
         validator,
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=bool(state)),
     ]
@@ -433,6 +438,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 else (None if _encoder(args) == "none" else "none")
             ),
             "init_from": args.init_from,  # as given: cards stay portable
+            "ema": args.ema or None,
             "loss": args.loss,
             "focal_gamma": args.focal_gamma if args.loss == "focal" else None,
             "class_weights_from": args.class_weights.strip().lower()

@@ -63,7 +63,12 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="Bundled model name (see 'segen-edge models') or ONNX path."),
 ]
 DeviceOpt = Annotated[
-    Device, typer.Option("--device", "-d", help="Execution provider; auto tries cuda, openvino, cpu.")
+    Device,
+    typer.Option(
+        "--device",
+        "-d",
+        help="Engine: cuda, then the fastest CPU engine measured (cpu, openvino EP, openvino-runtime).",
+    ),
 ]
 PrecisionOpt = Annotated[
     Precision,

@@ -37,7 +37,7 @@ def tune(
     """
     c.setup(quiet, verbose)
     from .. import tuning, zoo
-    from ..providers import openvino_devices
+    from ..providers import cpu_providers
 
     sizes = c.batch_sizes(batch_size)
     overrides = c.description(
@@ -46,7 +46,7 @@ def tune(
     specs = model or list(zoo.bundled_models())
     if not specs:
         raise SegenError("no bundled models found; pass --model PATH.onnx")
-    providers = ["cpu", "openvino"] if openvino_devices() else ["cpu"]
+    providers = cpu_providers()
     rows = []
     for spec in specs:
         ref = zoo.resolve(spec, "segment")
