@@ -501,6 +501,12 @@ def main() -> None:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def accurate_enough(case: Case, agreement: float) -> bool:
+    if case.info.task == "segment":
+        return agreement >= 0.99
+    return agreement <= 1.0
+
+
 def report(case: Case) -> list[dict[str, Any]]:
     rows = case.rows
     if not rows:
@@ -509,22 +515,33 @@ def report(case: Case) -> list[dict[str, Any]]:
     peers = [r for r in rows if not r["runtime"].startswith("segen-edge")]
     best1 = min(r["p50_ms"] for r in peers)
     bestb = max(r["throughput"] for r in peers)
+    # the bar: a peer counts as "accurate" at >= 99% pixel agreement with fp32 (a mean
+    # pixel difference of at most 1 of 255 for generators); auto is held to the same bar
+    accurate = [r for r in peers if accurate_enough(case, r["agreement"])] or peers
+    best1_ok = min(r["p50_ms"] for r in accurate)
+    bestb_ok = max(r["throughput"] for r in accurate)
     unit = "agree" if case.info.task == "segment" else "|px diff|"
     print(
         f"\n{case.name} ({case.info.task}, {'x'.join(map(str, case.info.image_size))}, {len(case.real_inputs)} real inputs)"
     )
     print(
         f"{'runtime':<34} {'p50 ms':>8} {'p90 ms':>8} {'img/s@' + str(rows[0]['batch']):>10} "
-        f"{'vs keras':>9} {'vs best peer b1':>16} {'vs best peer bN':>16} {unit:>10}"
+        f"{'vs keras':>9} {'vs best peer b1':>16} {'vs best peer bN':>16} {'vs accurate b1':>15} "
+        f"{'vs accurate bN':>15} {unit:>10}"
     )
     for r in rows:
         vs_keras = f"{keras_row['p50_ms'] / r['p50_ms']:.2f}x" if keras_row else "-"
         r["speedup_vs_keras"] = keras_row["p50_ms"] / r["p50_ms"] if keras_row else None
         r["speedup_vs_best_peer_b1"] = best1 / r["p50_ms"]
         r["speedup_vs_best_peer_bN"] = r["throughput"] / bestb
+        r["speedup_vs_accurate_peer_b1"] = best1_ok / r["p50_ms"]
+        r["speedup_vs_accurate_peer_bN"] = r["throughput"] / bestb_ok
+        r["accurate"] = accurate_enough(case, r["agreement"])
         print(
             f"{r['runtime']:<34} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['throughput']:>10.1f} {vs_keras:>9} "
-            f"{r['speedup_vs_best_peer_b1']:>15.2f}x {r['speedup_vs_best_peer_bN']:>15.2f}x {r['agreement']:>10.4f}"
+            f"{r['speedup_vs_best_peer_b1']:>15.2f}x {r['speedup_vs_best_peer_bN']:>15.2f}x "
+            f"{r['speedup_vs_accurate_peer_b1']:>14.2f}x {r['speedup_vs_accurate_peer_bN']:>14.2f}x "
+            f"{r['agreement']:>10.4f}{'' if r['accurate'] else ' (under the bar)'}"
         )
     return rows
 

@@ -385,6 +385,7 @@ def test_bad_options_are_one_line_errors_before_training(
     _refused(capsys, _run(data, run, *base, "--encoder", "vgg99"), "--encoder 'vgg99' is unknown")
     _refused(capsys, _run(data, run, *base, "--block", "dense"), "--block 'dense' is unknown")
     _refused(capsys, _run(data, run, *base, "--crop", "64", "64"), "smaller than --crop 64 64")
+    _refused(capsys, _run(data, run, *base, "--ema", "1.0"), "--ema 1.0: expected a momentum in [0, 1)")
     assert not (run / "model.keras").exists() and not (run / "log.csv").exists()
 
 
@@ -458,3 +459,32 @@ def test_init_from_starts_at_a_trained_models_weights(
     _refused(
         capsys, _run(data, tmp_path / "none", "--init-from", str(tmp_path / "nope.keras")), "no such file"
     )
+
+
+@pytest.mark.slow
+def test_ema_keeps_the_averaged_weights(tmp_path: Path) -> None:
+    """--ema: the model validated and saved is the weights' moving average. With a momentum
+    near 1 the average stays by the first step's weights, while plain training moves on."""
+    data = _void_set(tmp_path / "void", n=6)
+    common = ["--epochs", "1", "--val-count", "1", "--ignore-index", "11", "--lr", "2e-2"]
+    first = tmp_path / "first"
+    assert _run(data, first, *common) == 0
+    start = keras.saving.load_model(first / "model.keras", compile=False)
+    runs = {}
+    for name, extra in (("plain", []), ("ema", ["--ema", "0.999999"])):
+        runs[name] = tmp_path / name
+        more = ["--init-from", str(first / "model.keras"), "--min-samples", "40", *extra]
+        assert main(["unet", "--data", str(data), "--out", str(runs[name]), *TINY, *common, *more]) == 0
+
+    def moved(run: Path) -> float:
+        model = keras.saving.load_model(run / "model.keras", compile=False)
+        return sum(
+            float(np.abs(a - b).sum())
+            for layer in ("enc0_conv1", "enc1_conv1")
+            for a, b in zip(
+                model.get_layer(layer).get_weights(), start.get_layer(layer).get_weights(), strict=True
+            )
+        )
+
+    assert moved(runs["ema"]) < 0.5 * moved(runs["plain"])
+    assert _info(runs["ema"]).card["ema"] == 0.999999 and _info(runs["plain"]).card["ema"] is None
