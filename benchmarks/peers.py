@@ -3,11 +3,13 @@
 For each model: Keras fp32, TFLite fp32 and int8, onnxruntime CPU fp32 and int8, onnxruntime
 with its OpenVINO EP (onnxruntime-openvino: fp32, int8, and bf16 where the CPU has
 AVX512-BF16 or AMX), OpenVINO's own runtime (the `openvino` package), and
-segen-edge's own engine with `--device auto --precision auto`. Printed per runtime:
-latency p50/p90 at batch 1, throughput at batch 8 (16 for generators), speed-up against
-Keras and against the fastest peer, and agreement with Keras fp32 (the fraction of pixels
-whose class agrees, on real held-out pets images, for segmenters; the mean absolute pixel
-difference for generators).
+segen-edge's own engine with `--device auto --precision auto` (which chooses among the CPU
+engines installed: onnxruntime's CPU EP, its OpenVINO EP, OpenVINO's runtime). Printed per
+runtime: latency p50/p90 at batch 1, throughput at batch 8 (16 for generators), speed-up
+against Keras, against the fastest peer and against the fastest *accurate* peer (>= 99% of
+pixels agreeing with fp32; a mean pixel difference <= 1 for generators), and agreement with
+Keras fp32 (the fraction of pixels whose class agrees, on real held-out pets images, for
+segmenters; the mean absolute pixel difference for generators).
 
 Models: the bundled ones (their Keras checkpoints come from the run directories that
 scripts/build_models.sh writes; without one, the Keras/TFLite rows are skipped), and

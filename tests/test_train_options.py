@@ -386,6 +386,7 @@ def test_bad_options_are_one_line_errors_before_training(
     _refused(capsys, _run(data, run, *base, "--block", "dense"), "--block 'dense' is unknown")
     _refused(capsys, _run(data, run, *base, "--crop", "64", "64"), "smaller than --crop 64 64")
     _refused(capsys, _run(data, run, *base, "--ema", "1.0"), "--ema 1.0: expected a momentum in [0, 1)")
+    _refused(capsys, _run(data, run, *base, "--elastic", "-1"), "--elastic -1.0: expected a displacement")
     assert not (run / "model.keras").exists() and not (run / "log.csv").exists()
 
 

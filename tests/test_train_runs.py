@@ -108,6 +108,33 @@ def test_batches_scale_like_preprocess_and_augment_pairs(tmp_path: Path) -> None
         assert set(np.unique(aug_mask)) <= set(np.unique(arrays.masks[0]))  # nearest only
 
 
+def test_quarter_turns_and_elastic_warps_move_image_and_mask_together() -> None:
+    rng = np.random.default_rng(3)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:12, 6:20] = 1
+    mask[20:28, 2:10] = 2
+    image = np.repeat((mask * 100)[..., None], 3, axis=-1).astype(np.uint8)
+    turned = Augment(hflip=False, max_zoom=1.0, jitter=0.0, rot90=True)
+    seen = set()
+    for _ in range(12):
+        aug_image, aug_mask = turned.apply(image, mask, rng)
+        np.testing.assert_array_equal(aug_image[..., 0], aug_mask * 100)
+        seen.add(next(k for k in range(4) if np.array_equal(np.rot90(mask, k), aug_mask)))
+    assert seen == {0, 1, 2, 3}
+    wide = np.zeros((16, 32), np.uint8)
+    wide[:, :4] = 1
+    for _ in range(6):  # non-square: half turns only, the shape kept
+        _, aug_mask = turned.apply(np.repeat(wide[..., None], 3, -1), wide, rng)
+        assert aug_mask.shape == wide.shape
+    warped = Augment(hflip=False, max_zoom=1.0, jitter=0.0, elastic=3.0)
+    aug_image, aug_mask = warped.apply(image, mask, rng)
+    assert not np.array_equal(aug_mask, mask)  # moved
+    assert set(np.unique(aug_mask)) <= {0, 1, 2}  # labels resampled by nearest, never blended
+    inside = aug_mask == 2  # the image follows the mask, away from the blended edges
+    assert abs(float(aug_image[..., 0][inside].mean()) - 200) < 25
+    assert abs(float(np.mean(aug_mask == 2)) - float(np.mean(mask == 2))) < 0.03
+
+
 def test_idx_reader_and_mnist_padding(tmp_path: Path) -> None:
     root = _mnist(tmp_path / "mnist", n=20)
     images = read_idx(root / "train-images-idx3-ubyte.gz")

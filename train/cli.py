@@ -130,6 +130,17 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
     )
     parser.add_argument("--vflip", action="store_true", help="also flip vertically")
     parser.add_argument(
+        "--rot90", action="store_true", help="random quarter turns (microscopy, satellite; default off)"
+    )
+    parser.add_argument(
+        "--elastic",
+        type=float,
+        default=0.0,
+        metavar="PIXELS",
+        help="elastic deformation as in the U-Net paper: std of a 3x3 grid of random "
+        "displacements, e.g. 10 (default 0: off)",
+    )
+    parser.add_argument(
         "--max-zoom",
         type=float,
         default=1.25,

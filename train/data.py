@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from PIL import Image
 
 from segen_edge.errors import BadInputError
 from segen_edge.files import find_images, is_image_name
@@ -186,6 +187,8 @@ class Augment:
     max_zoom: float = 1.25  # random scale-crop: scale in [1, max_zoom], then a random crop
     jitter: float = 0.1  # brightness and contrast, +- this fraction (image only)
     saturation: float = 0.0  # colour saturation, +- this fraction (RGB images only)
+    rot90: bool = False  # random quarter turns (half turns only, for non-square samples)
+    elastic: float = 0.0  # elastic deformation: std in pixels of a 3x3 grid of displacements
 
     def as_dict(self) -> dict[str, float | bool]:
         return {
@@ -194,6 +197,8 @@ class Augment:
             "max_zoom": self.max_zoom,
             "jitter": self.jitter,
             "saturation": self.saturation,
+            "rot90": self.rot90,
+            "elastic": self.elastic,
         }
 
     def apply(
@@ -243,6 +248,11 @@ class Augment:
             image_u8, mask = image_u8[:, ::-1], mask[:, ::-1]
         if self.vflip and rng.random() < 0.5:
             image_u8, mask = image_u8[::-1], mask[::-1]
+        if self.rot90:
+            turns = int(rng.integers(0, 4)) if mask.shape[0] == mask.shape[1] else 2 * int(rng.integers(0, 2))
+            image_u8, mask = np.rot90(image_u8, turns), np.rot90(mask, turns)
+        if self.elastic > 0:
+            image_u8, mask = elastic_warp(image_u8, mask, self.elastic, rng)
         return image_u8, mask
 
     def _colour(self, image_u8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -259,6 +269,40 @@ class Augment:
             factor = rng.uniform(1 - self.saturation, 1 + self.saturation)
             pixels = grey[..., None] + (pixels - grey[..., None]) * factor
         return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def elastic_warp(
+    image_u8: np.ndarray, mask: np.ndarray, sigma: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The U-Net paper's elastic deformation: random displacements (std `sigma` pixels) on a
+    coarse 3x3 grid, interpolated bicubically to a smooth field over the sample; the image
+    is resampled bilinearly, the mask by its nearest label (mirrored at the edges)."""
+    height, width = mask.shape
+    coarse = rng.normal(0.0, sigma, (2, 3, 3)).astype(np.float32)
+    dy, dx = (
+        np.asarray(Image.fromarray(c, mode="F").resize((width, height), Image.Resampling.BICUBIC))
+        for c in coarse
+    )
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    sy, sx = _mirror(rows + dy, height), _mirror(cols + dx, width)
+    y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+    y1, x1 = np.minimum(y0 + 1, height - 1), np.minimum(x0 + 1, width - 1)
+    fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]
+    src = image_u8.astype(np.float32).reshape(height, width, -1)
+    top = src[y0, x0] * (1 - fx) + src[y0, x1] * fx
+    bottom = src[y1, x0] * (1 - fx) + src[y1, x1] * fx
+    warped = np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
+    labels = mask[np.rint(sy).astype(np.intp), np.rint(sx).astype(np.intp)]
+    return warped.reshape(image_u8.shape), labels
+
+
+def _mirror(coords: np.ndarray, n: int) -> np.ndarray:
+    """Coordinates reflected back into [0, n - 1] (as mirror padding does)."""
+    if n == 1:
+        return np.zeros_like(coords)
+    period = 2 * (n - 1)
+    folded = np.abs(coords) % period
+    return np.where(folded > n - 1, period - folded, folded)
 
 
 class SegmentationBatches(keras.utils.PyDataset):

@@ -150,6 +150,10 @@ def check_options(args: argparse.Namespace) -> Path | None:
     check_loss(args.loss)
     check_block(args.block)
     check_init_from(args.init_from)
+    if not 0.0 <= args.elastic <= 100.0:
+        raise BadInputError(
+            f"--elastic {args.elastic}: expected a displacement in pixels in [0, 100], e.g. 10"
+        )
     if not 0.0 <= args.ema < 1.0:
         raise BadInputError(f"--ema {args.ema}: expected a momentum in [0, 1), e.g. 0.99 (0: off)")
     if args.crop is not None and any(v < 1 for v in args.crop):
@@ -350,6 +354,8 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         max_zoom=args.max_zoom,
         jitter=args.jitter,
         saturation=args.saturation,
+        rot90=args.rot90,
+        elastic=args.elastic,
     )
     repeats = args.repeats or max(1, math.ceil(args.min_samples / len(train_pairs)))
     batches = SegmentationBatches(
