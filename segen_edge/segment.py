@@ -23,7 +23,7 @@ from .files import atomic_write, save_image
 from .images import DEFAULT_MAX_PIXELS, as_image_u8, resize_u8
 from .metadata import ModelInfo
 from .model import Model
-from .probabilities import ids_dtype, to_probabilities
+from .probabilities import class_ids, ids_dtype, to_probabilities
 from .resizing import resize_input, upsample
 
 log = logging.getLogger("segen_edge")
@@ -245,8 +245,22 @@ class Segmenter(Model):
         out: list[tuple[np.ndarray, np.ndarray | None]] = []
         for start in range(0, len(prepared), RESIZE_BATCH):
             group = prepared[start : start + RESIZE_BATCH]
-            probs = self.probabilities(np.stack([model_input for model_input, _ in group]))
-            for (_, box), image, p in zip(group, images_u8[start : start + RESIZE_BATCH], probs, strict=True):
+            images = images_u8[start : start + RESIZE_BATCH]
+            batch = np.stack([model_input for model_input, _ in group])
+            if (
+                not run.probabilities
+                and self.info.output != "ids"
+                and all(i.shape[:2] == size for i in images)
+            ):
+                # at the model's own size nothing is interpolated, and softmax keeps the
+                # order of the logits: the class ids are their argmax, no softmax needed
+                raw = self.run(self.info.preprocessing.to_model(batch))
+                logits = raw if self._output_layout(raw) == "NCHW" else raw.transpose(0, 3, 1, 2)
+                if logits.ndim == 4 and logits.shape[1] == len(self.info.class_names):
+                    out.extend((ids, None) for ids in class_ids(logits))
+                    continue
+            probs = self.probabilities(batch)
+            for (_, box), image, p in zip(group, images, probs, strict=True):
                 out.append(upsample(p, box, image.shape[:2], want_probs=run.probabilities))
         return out
 

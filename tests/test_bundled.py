@@ -78,3 +78,18 @@ def test_unet_pets_reproduces_its_card_on_the_held_out_split(precision: str) -> 
     result = evaluate(model, pairs, card["mask_encoding"])
     assert result["miou"] == pytest.approx(card["export"]["precisions"][precision]["miou"], abs=0.005)
     assert result["miou"] >= 0.65
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/pets")
+def test_model_size_images_skip_softmax_with_the_same_masks() -> None:
+    """At the model's own size resize mode takes the argmax of the logits directly; the masks
+    are those of the probability path (which probabilities=True always takes)."""
+    seg = load("unet-pets", device="cpu", precision="fp32")
+    assert isinstance(seg, Segmenter)
+    images = sorted((DATA / "images").glob("*.jpg"))[:6]
+    fast = seg.segment(list(images))
+    full = seg.segment(list(images), probabilities=True)
+    assert all(r.ids.shape == seg.info.image_size for r in fast)
+    for a, b in zip(fast, full, strict=True):
+        assert a.probabilities is None and b.probabilities is not None
+        np.testing.assert_array_equal(a.ids, b.ids)
