@@ -98,7 +98,7 @@ def load(
             f"load() got unknown description {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
         )
     given = {k: v for k, v in overrides.items() if v is not None}
-    data, label, bf16, device_ = _read(source, task, precision, device_, batch_size)
+    data, label, bf16, device_ = _read(source, task, precision, device_, batch_size, threads)
     graph = summarize(data, label)
     info = describe(graph, given, label)
     if task is not None and info.task != task:
@@ -191,7 +191,12 @@ def _cuda() -> bool:
 
 
 def _read(
-    source: Source | None, task: str | None, precision: str, device: Device, batch_size: int
+    source: Source | None,
+    task: str | None,
+    precision: str,
+    device: Device,
+    batch_size: int,
+    threads: int | None = None,
 ) -> tuple[bytes, str, bool, Device]:
     """The model's bytes, a label for messages (its path), whether to run it in bf16, and
     the device to open it on (for `auto`, settled here from measurements)."""
@@ -200,7 +205,7 @@ def _read(
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
     provider = probe_provider(device)
     engines = cpu_providers() if provider == "cpu-auto" else [provider]
-    tuned = _tuned(ref, device, engines, precision, batch_size)
+    tuned = _tuned(ref, device, engines, precision, batch_size, threads)
     if tuned is not None:
         log.info("%s: %s %s, the fastest `segen-edge tune` timed here", ref.name, *tuned[:2])
         return read_model_bytes(tuned[2].path), str(tuned[2].path), tuned[2].bf16, Device(tuned[0])
@@ -212,7 +217,12 @@ def _read(
 
 
 def _tuned(
-    ref: zoo.ModelRef, device: Device, engines: list[str], precision: str, batch_size: int
+    ref: zoo.ModelRef,
+    device: Device,
+    engines: list[str],
+    precision: str,
+    batch_size: int,
+    threads: int | None = None,
 ) -> tuple[str, str, zoo.Choice] | None:
     """(provider, precision, file) from this machine's `segen-edge tune` record, when the
     choice is auto's (the device, the precision or both) on the CPU engines `engines`."""
@@ -222,7 +232,7 @@ def _tuned(
         return None
     from . import tuning
 
-    found = tuning.best(ref, engines, batch_size, precision)
+    found = tuning.best(ref, engines, batch_size, precision, threads)
     if found is None:
         return None
     cand, ms = found

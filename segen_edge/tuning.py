@@ -5,8 +5,10 @@ were taken on the machine that built the model (the bundled ones: a 2-core AVX2 
 another CPU the fastest choice can differ (OpenVINO's int8 kernels gain most where VNNI is
 present; bf16 exists only with AVX512-BF16 or AMX). `segen-edge tune` (`tune()` here) times,
 on this machine, every provider and precision a model may run in, one thread per run and one
-batch at a time as the batch job runs them, and records the figures in the cache folder
-(`tuning.json`). `best()` reads that record; `auto` takes it before the export's figures.
+batch at a time as the batch job runs them, and at batch 1 also on every core, as one call
+at a time runs (the fastest engine can differ between the two), and records the figures in
+the cache folder (`tuning.json`). `best()` reads that record for the job's batch size and
+threads; `auto` takes it before the export's figures.
 
 Only what is known to be accurate on a provider is timed there: fp32 everywhere; another
 precision where the model's card records it within its accuracy budget on that provider
@@ -29,6 +31,7 @@ import numpy as np
 
 from . import cache, zoo
 from .errors import ProviderError
+from .pipeline import cpu_count
 from .providers import has_bf16
 
 RECORD = "tuning.json"
@@ -53,6 +56,7 @@ class Timing:
     file: str
     batch: int
     p50_ms: float
+    threads: int = 1  # threads per run: 1 as the batch job's lanes run; every core for latency
 
 
 def candidates(ref: zoo.ModelRef, providers: Sequence[str]) -> list[Candidate]:
@@ -142,10 +146,15 @@ def _write_record(key: str, entry: dict[str, Any]) -> Path | None:
 
 
 def best(
-    ref: zoo.ModelRef, providers: Sequence[str], batch: int, precision: str = "auto"
+    ref: zoo.ModelRef,
+    providers: Sequence[str],
+    batch: int,
+    precision: str = "auto",
+    threads: int | None = 1,
 ) -> tuple[Candidate, float] | None:
     """The fastest candidate this machine timed for `ref` among `providers` (and `precision`
-    unless auto), at the timed batch size nearest `batch`; None when it was never tuned."""
+    unless auto), at the timed batch size nearest `batch`, with `threads` per run (None:
+    every core) where that was timed, else one thread; None when it was never tuned."""
     entries = _read_record()
     if not entries:
         return None  # never tuned here: no file to hash
@@ -159,10 +168,15 @@ def best(
     if not rows:
         return None
     nearest = min({int(r["batch"]) for r in rows}, key=lambda b: abs(b - batch))
+    rows = [r for r in rows if int(r["batch"]) == nearest]
+    wanted = threads or cpu_count()
+    rows = [r for r in rows if int(r.get("threads", 1)) == wanted] or [
+        r for r in rows if int(r.get("threads", 1)) == 1
+    ]
     chosen: tuple[Candidate, float] | None = None
     for row in rows:
         cand = by_id.get((str(row.get("provider")), str(row.get("file")), row.get("precision") == "bf16"))
-        if cand is None or int(row["batch"]) != nearest:
+        if cand is None:
             continue
         if precision != "auto" and cand.precision != precision:
             continue
@@ -173,15 +187,20 @@ def best(
 
 
 def time_candidate(
-    cand: Candidate, batches: Sequence[int], runs: int, warmup: int, overrides: dict[str, Any]
+    cand: Candidate,
+    batches: Sequence[int],
+    runs: int,
+    warmup: int,
+    overrides: dict[str, Any],
+    threads: int = 1,
 ) -> dict[int, float]:
-    """p50 milliseconds of one run at each batch size, one thread, as the batch job runs
-    it: one session for all of them."""
+    """p50 milliseconds of one run at each batch size with `threads` per run (1: as the
+    batch job runs it): one session for all of them."""
     from .bench import run_times
     from .loading import load
 
     precision = "bf16" if cand.bf16 else cand.precision
-    with load(cand.path, device=cand.provider, precision=precision, threads=1, **overrides) as model:
+    with load(cand.path, device=cand.provider, precision=precision, threads=threads, **overrides) as model:
         if model.provider != cand.provider:
             raise ProviderError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
         return {
@@ -203,12 +222,17 @@ def tune(
     the timings, and the record's path (None when the cache is off)."""
     found = candidates(ref, providers)
     timings = []
+    cores = cpu_count()
+    # one thread at every batch size (the batch job's lanes), and every core at batch 1
+    # (one call at a time, as an application asking for one image's mask runs it)
+    plan = [(1, list(batches))] + ([(cores, [1])] if cores > 1 and 1 in batches else [])
     for cand in found:
-        for batch, ms in time_candidate(cand, batches, runs, warmup, overrides or {}).items():
-            timing = Timing(cand.provider, cand.precision, cand.file, batch, ms)
-            timings.append(timing)
-            if progress is not None:
-                progress(timing)
+        for threads, sizes in plan:
+            for batch, ms in time_candidate(cand, sizes, runs, warmup, overrides or {}, threads).items():
+                timing = Timing(cand.provider, cand.precision, cand.file, batch, ms, threads)
+                timings.append(timing)
+                if progress is not None:
+                    progress(timing)
     key = record_key(found)
     written = None
     if key is not None and timings:
@@ -216,7 +240,6 @@ def tune(
             "model": ref.name,
             "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "runs": runs,
-            "threads": 1,
             "timings": [asdict(t) for t in timings],
         }
         written = _write_record(key, entry)

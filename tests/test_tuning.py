@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from segen_edge import load, tuning, zoo
 from segen_edge.cli import app
+from segen_edge.pipeline import cpu_count
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +38,21 @@ def _family(folder: Path, providers: dict[str, Any] | None = None, variant: bool
     return zoo.resolve(str(folder / "m-fp32.onnx"), "segment")
 
 
-def _fake_record(ref: zoo.ModelRef, rows: list[tuple[str, str, int, float]]) -> None:
-    """A record as tune() writes it, with chosen timings (provider, file, batch, ms)."""
+def _fake_record(ref: zoo.ModelRef, rows: list[tuple[Any, ...]]) -> None:
+    """A record as tune() writes it, with chosen timings (provider, file, batch, ms[, threads])."""
     found = tuning.candidates(ref, ["cpu", "openvino"])
     key = tuning.record_key(found)
     assert key is not None
     timings = [
-        {"provider": p, "precision": f.split(".")[0], "file": f, "batch": b, "p50_ms": ms}
-        for p, f, b, ms in rows
+        {
+            "provider": p,
+            "precision": f.split(".")[0],
+            "file": f,
+            "batch": b,
+            "p50_ms": ms,
+            "threads": more[0] if more else 1,
+        }
+        for p, f, b, ms, *more in rows
     ]
     tuning._write_record(key, {"model": ref.name, "timings": timings})
 
@@ -99,6 +107,25 @@ def test_auto_takes_the_fastest_timed_here_per_batch_size(tmp_path: Path) -> Non
     assert fixed.path.name == "m-fp32.onnx"
 
 
+def test_one_call_on_every_core_and_lanes_of_one_thread_are_told_apart(tmp_path: Path) -> None:
+    ref = _family(tmp_path / "m")
+    _fake_record(
+        ref,
+        [
+            ("cpu", "fp32", 1, 5.0, 1),
+            ("cpu", "int8", 1, 3.0, 1),  # one thread: int8 wins
+            ("cpu", "fp32", 1, 1.5, 2),  # two threads: fp32 scales better
+            ("cpu", "int8", 1, 2.5, 2),
+            ("cpu", "fp32", 8, 30.0, 1),
+            ("cpu", "int8", 8, 20.0, 1),
+        ],
+    )
+    assert tuning.best(ref, ["cpu"], 1, threads=1)[0].file == "int8"  # type: ignore[index]
+    assert tuning.best(ref, ["cpu"], 1, threads=2)[0].file == "fp32"  # type: ignore[index]
+    # batch 8 was timed on one thread only: those figures stand for any thread count
+    assert tuning.best(ref, ["cpu"], 8, threads=2)[0].file == "int8"  # type: ignore[index]
+
+
 def test_a_timing_of_a_file_that_failed_its_check_is_never_taken(tmp_path: Path) -> None:
     providers = {"cpu": {"precisions": {"fp32": _row("fp32"), "int8": _row("int8", ok=False)}}}
     ref = _family(tmp_path / "m", providers)
@@ -118,11 +145,21 @@ def test_tune_times_real_sessions_and_records_the_fastest(tmp_path: Path) -> Non
     ref = _family(tmp_path / "m")
     timings, record = tuning.tune(ref, ["cpu"], batches=(1, 2), runs=3, warmup=1)
     assert record is not None and record.is_file()
-    assert {(t.file, t.batch) for t in timings} == {("fp32", 1), ("int8", 1), ("fp32", 2), ("int8", 2)}
+    one_thread = {(t.file, t.batch) for t in timings if t.threads == 1}
+    assert one_thread == {("fp32", 1), ("int8", 1), ("fp32", 2), ("int8", 2)}
+    every_core = {(t.file, t.batch, t.threads) for t in timings if t.threads != 1}
+    cores = cpu_count()
+    assert every_core == ({("fp32", 1, cores), ("int8", 1, cores)} if cores > 1 else set())
     assert all(t.p50_ms > 0 for t in timings)
     fastest = min((t for t in timings if t.batch == 2), key=lambda t: t.p50_ms)
     chosen = tuning.best(ref, ["cpu"], 2)
     assert chosen is not None and (chosen[0].file, chosen[1]) == (fastest.file, fastest.p50_ms)
+    on_all = min(
+        (t for t in timings if t.batch == 1 and t.threads == cores), key=lambda t: t.p50_ms, default=None
+    )
+    if on_all is not None:
+        chosen = tuning.best(ref, ["cpu"], 1, threads=None)
+        assert chosen is not None and chosen[1] == on_all.p50_ms
 
 
 def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
@@ -133,7 +170,7 @@ def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert {r["batch"] for r in rows} == {1, 4}
-    for batch in (1, 4):
-        at = [r for r in rows if r["batch"] == batch]
+    for batch, threads in {(r["batch"], r["threads"]) for r in rows}:
+        at = [r for r in rows if (r["batch"], r["threads"]) == (batch, threads)]
         chosen = [r for r in at if r["chosen"]]
         assert len(chosen) == 1 and chosen[0]["p50_ms"] == min(r["p50_ms"] for r in at)

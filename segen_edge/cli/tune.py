@@ -30,7 +30,8 @@ def tune(
 ) -> None:
     """Time each model on every CPU provider and precision here, and record the fastest.
 
-    One thread per run, as segment and generate run batches. Only precisions that passed
+    One thread per run, as segment and generate run batches, and at batch 1 also every core
+    (one call at a time, as an application runs it). Only precisions that passed
     their agreement check on a provider (the export's card) are timed there. Afterwards
     --device auto and --precision auto take this machine's fastest instead of the build
     machine's figures; the record lives in the cache folder (tuning.json).
@@ -54,9 +55,9 @@ def tune(
         timings, record = tuning.tune(ref, providers, sizes, runs, overrides=overrides)
         if record is None:
             c.err(f"{ref.name}: the cache is off ($SEGEN_EDGE_CACHE), so nothing was recorded")
-        for batch in sizes:
-            at = [t for t in timings if t.batch == batch]
-            fastest = min(at, key=lambda t: t.p50_ms) if at else None
+        for batch, threads in sorted({(t.batch, t.threads) for t in timings}):
+            at = [t for t in timings if (t.batch, t.threads) == (batch, threads)]
+            fastest = min(at, key=lambda t: t.p50_ms)
             for t in at:
                 rows.append({"model": ref.name, **vars(t), "chosen": t is fastest})
     if as_json is not None:
@@ -69,12 +70,12 @@ def tune(
 def _render(rows: list[dict[str, object]]) -> None:
     from rich.table import Table
 
-    table = Table(title="segen-edge tune (one thread per run; * = what auto now takes)")
-    for col in ("model", "batch", "provider", "precision", "file", "p50 ms", ""):
-        table.add_column(col, justify="right" if col in ("batch", "p50 ms") else "left")
+    table = Table(title="segen-edge tune (* = what auto now takes for that batch and threads)")
+    for col in ("model", "batch", "threads", "provider", "precision", "file", "p50 ms", ""):
+        table.add_column(col, justify="right" if col in ("batch", "threads", "p50 ms") else "left")
     for r in rows:
         table.add_row(
-            str(r["model"]), str(r["batch"]), str(r["provider"]), str(r["precision"]),
+            str(r["model"]), str(r["batch"]), str(r["threads"]), str(r["provider"]), str(r["precision"]),
             str(r["file"]), f"{r['p50_ms']:.2f}", "*" if r["chosen"] else "",
         )  # fmt: skip
     c.console().print(table)
