@@ -315,7 +315,8 @@ class Preprocessing:
         scale, offset = self._coefficients(self.channels_first)
         out = np.empty(batch.shape, np.float32)
         np.multiply(batch, scale, out=out, casting="unsafe")
-        out += offset
+        if np.any(offset):  # [0, 1] scaling (offset 0) needs no second pass
+            out += offset
         return out[0] if single else out
 
     def to_nhwc(self, values: np.ndarray) -> np.ndarray:
