@@ -8,8 +8,10 @@ their int8 QDQ files accurately, where onnxruntime's OpenVINO EP does not (READM
 `RuntimeSession` offers the part of `onnxruntime.InferenceSession` the rest of the runtime
 uses (get_inputs, get_outputs, get_providers, run), so Model, Segmenter and Generator run
 it unchanged. OpenVINO is fastest on static shapes: each input shape seen is compiled once
-(the model reshaped to it); past MAX_SHAPES distinct shapes (native mode over photos of
-many sizes) one dynamic-shape compilation serves every further shape. Each calling thread
+(the model reshaped to it), except that a batch smaller than one already compiled for the
+same image size (a job's short last batch) runs padded to it; past MAX_SHAPES distinct
+shapes (native mode over photos of many sizes) one dynamic-shape compilation serves every
+further shape. Each calling thread
 has its own infer request, so a batch job's lanes run side by side on OpenVINO's streams.
 """
 
@@ -129,11 +131,16 @@ class RuntimeSession:
         """Outputs (all, or those named) for one input array, as onnxruntime's run()."""
         (x,) = feeds.values()
         x = np.ascontiguousarray(x, dtype=np.float32)
+        count = len(x)
+        larger = self._larger_batch(tuple(x.shape))
+        if larger is not None:  # a short last batch: padded, not compiled anew
+            x = np.concatenate([x, np.zeros((larger - count, *x.shape[1:]), np.float32)])
         request = self._request(tuple(x.shape))
         results = request.infer({0: x}, share_inputs=True)
         names = [p.name for p in self._outputs] if not output_names else list(output_names)
         index = {p.name: i for i, p in enumerate(self._outputs)}
-        return [np.asarray(results[index[name]]) for name in names]
+        out = [np.asarray(results[index[name]]) for name in names]
+        return out if larger is None else [o[:count] for o in out]
 
     # -- compilation, per shape ---------------------------------------------------------
 
@@ -159,6 +166,15 @@ class RuntimeSession:
                     model.reshape({0: list(key)})
                 self._compiled[key] = self._core.compile_model(model, "CPU", self.options)
             return self._compiled[key]
+
+    def _larger_batch(self, shape: tuple[int, ...]) -> int | None:
+        """The smallest batch size compiled for this image size above `shape`'s, when
+        `shape` itself is not compiled: a job's short last batch runs padded to it
+        (compiling a shape costs as much as tens of runs)."""
+        if not shape or shape in self._compiled:
+            return None
+        sizes = [key[0] for key in list(self._compiled) if key and key[1:] == shape[1:] and key[0] > shape[0]]
+        return min(sizes) if sizes else None
 
     def _static_count(self) -> int:
         return sum(1 for key in self._compiled if key is not None)

@@ -64,6 +64,20 @@ def test_one_compilation_per_shape_then_one_dynamic(seg_model: Path, monkeypatch
     assert set(compiled) == {(1, 8, 8, 3), (1, 12, 12, 3), None}
 
 
+def test_a_short_last_batch_runs_padded_not_compiled(seg_model: Path) -> None:
+    loaded = create_session(seg_model, "openvino-runtime")
+    cpu = create_session(seg_model, "cpu")
+    rng = np.random.default_rng(4)
+    full, short = (rng.random((n, 16, 16, 3), dtype=np.float32) for n in (8, 3))
+    _run(loaded, full)
+    got = _run(loaded, short)
+    assert got.shape[0] == 3
+    np.testing.assert_allclose(got, _run(cpu, short), atol=1e-5)
+    assert set(loaded.session._compiled) == {(8, 16, 16, 3)}
+    _run(loaded, rng.random((9, 16, 16, 3), dtype=np.float32))  # a larger one is compiled
+    assert (9, 16, 16, 3) in loaded.session._compiled
+
+
 def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SEGEN_EDGE_CACHE", str(tmp_path / "cache"))
     batch_job = create_session(seg_model, "openvino-runtime", threads=1).provider_options
