@@ -6,9 +6,10 @@ another CPU the fastest choice can differ (OpenVINO's int8 kernels gain most whe
 present; bf16 exists only with AVX512-BF16 or AMX). `segen-edge tune` (`tune()` here) times,
 on this machine, every provider and precision a model may run in, one thread per run and one
 batch at a time as the batch job runs them, and at batch 1 also on every core, as one call
-at a time runs (the fastest engine can differ between the two), and records the figures in
-the cache folder (`tuning.json`). `best()` reads that record for the job's batch size and
-threads; `auto` takes it before the export's figures.
+at a time runs (the fastest engine can differ between the two), the candidates taking turns
+call by call, and records the figures in the cache folder (`tuning.json`). `best()` reads
+that record for the job's batch size and threads; `auto` takes it before the export's
+figures.
 
 Only what is known to be accurate on a provider is timed there: fp32 everywhere; another
 precision where the model's card records it within its accuracy budget on that provider
@@ -21,6 +22,7 @@ The record is keyed by the bytes of every file timed, onnxruntime's version and 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -186,27 +188,53 @@ def best(
     return chosen
 
 
-def time_candidate(
-    cand: Candidate,
+def _open(cand: Candidate, threads: int, overrides: dict[str, Any]) -> Any:
+    from .loading import load
+
+    precision = "bf16" if cand.bf16 else cand.precision
+    model = load(cand.path, device=cand.provider, precision=precision, threads=threads, **overrides)
+    if model.provider != cand.provider:
+        model.close()
+        raise ProviderError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
+    return model
+
+
+def time_together(
+    found: Sequence[Candidate],
     batches: Sequence[int],
     runs: int,
     warmup: int,
     overrides: dict[str, Any],
     threads: int = 1,
-) -> dict[int, float]:
-    """p50 milliseconds of one run at each batch size with `threads` per run (1: as the
-    batch job runs it): one session for all of them."""
-    from .bench import run_times
-    from .loading import load
+) -> dict[tuple[Candidate, int], float]:
+    """p50 milliseconds of one run of each candidate at each batch size with `threads` per
+    run (1: as the batch job runs it). The candidates are open at once and take turns call
+    by call, so a machine whose speed drifts (a shared VM, another job) slows them alike and
+    the comparison stays fair; timed one after the other, a slow minute decided the winner."""
+    from .bench import sample_batch
 
-    precision = "bf16" if cand.bf16 else cand.precision
-    with load(cand.path, device=cand.provider, precision=precision, threads=threads, **overrides) as model:
-        if model.provider != cand.provider:
-            raise ProviderError(f"{cand.path.name}: asked for {cand.provider}, got {model.provider}")
-        return {
-            batch: round(float(np.median(run_times(model, batch, runs, warmup))) * 1e3, 3)
-            for batch in batches
-        }
+    models: list[Any] = []
+    try:
+        for cand in found:
+            models.append(_open(cand, threads, overrides))
+        out: dict[tuple[Candidate, int], float] = {}
+        for batch in batches:
+            samples = [sample_batch(m, batch) for m in models]
+            for m, x in zip(models, samples, strict=True):
+                for _ in range(warmup):
+                    m.run(x)
+            times: list[list[float]] = [[] for _ in models]
+            for i in range(runs):
+                for k in [*range(i % len(models), len(models)), *range(i % len(models))]:
+                    start = time.perf_counter()
+                    models[k].run(samples[k])
+                    times[k].append(time.perf_counter() - start)
+            for cand, spent in zip(found, times, strict=True):
+                out[cand, batch] = round(float(np.median(spent)) * 1e3, 3)
+        return out
+    finally:
+        for m in models:
+            m.close()
 
 
 def tune(
@@ -226,13 +254,13 @@ def tune(
     # one thread at every batch size (the batch job's lanes), and every core at batch 1
     # (one call at a time, as an application asking for one image's mask runs it)
     plan = [(1, list(batches))] + ([(cores, [1])] if cores > 1 and 1 in batches else [])
-    for cand in found:
-        for threads, sizes in plan:
-            for batch, ms in time_candidate(cand, sizes, runs, warmup, overrides or {}, threads).items():
-                timing = Timing(cand.provider, cand.precision, cand.file, batch, ms, threads)
-                timings.append(timing)
-                if progress is not None:
-                    progress(timing)
+    for threads, sizes in plan:
+        timed = time_together(found, sizes, runs, warmup, overrides or {}, threads) if found else {}
+        for (cand, batch), ms in timed.items():
+            timing = Timing(cand.provider, cand.precision, cand.file, batch, ms, threads)
+            timings.append(timing)
+            if progress is not None:
+                progress(timing)
     key = record_key(found)
     written = None
     if key is not None and timings:
