@@ -20,7 +20,7 @@ import numpy as np
 
 from . import zoo
 from .checks import whole
-from .errors import BadInputError, MetadataError, ModelError, ProviderError
+from .errors import BadInputError, MetadataError, ModelError
 from .generate import Generator
 from .graph import GraphSummary, infer_description, summarize
 from .masks import default_palette
@@ -177,17 +177,10 @@ def check_threads(threads: int | None) -> int | None:
 def probe_provider(device: Device) -> str:
     """The provider `device` will most likely get, to pick a precision before loading."""
     if device is Device.auto:
-        if _cuda():
+        if cuda_available():
             return "cuda"
         return "cpu-auto"  # one of the CPU engines, settled by measurements (_read)
     return device.value
-
-
-def _cuda() -> bool:
-    try:
-        return cuda_available()
-    except ProviderError:  # no onnxruntime: OpenVINO's runtime alone
-        return False
 
 
 def _read(

@@ -11,8 +11,8 @@ it unchanged. OpenVINO is fastest on static shapes: each input shape seen is com
 (the model reshaped to it), except that a batch smaller than one already compiled for the
 same image size (a job's short last batch) runs padded to it; past MAX_SHAPES distinct
 shapes (native mode over photos of many sizes) one dynamic-shape compilation serves every
-further shape. Each calling thread
-has its own infer request, so a batch job's lanes run side by side on OpenVINO's streams.
+further shape. Each calling thread has its own infer request, so a batch job's lanes run
+side by side on OpenVINO's streams.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class RuntimeSession:
         self._local = threading.local()
         self._inputs = [_port(p) for p in self._model.inputs]
         self._outputs = [_port(p) for p in self._model.outputs]
+        self._output_index = {p.name: i for i, p in enumerate(self._outputs)}
         if len(self._inputs) != 1:
             raise ValueError(f"the model has {len(self._inputs)} inputs; segen-edge models take one")
 
@@ -138,8 +139,7 @@ class RuntimeSession:
         request = self._request(tuple(x.shape))
         results = request.infer({0: x}, share_inputs=True)
         names = [p.name for p in self._outputs] if not output_names else list(output_names)
-        index = {p.name: i for i, p in enumerate(self._outputs)}
-        out = [np.asarray(results[index[name]]) for name in names]
+        out = [np.asarray(results[self._output_index[name]]) for name in names]
         return out if larger is None else [o[:count] for o in out]
 
     # -- compilation, per shape ---------------------------------------------------------

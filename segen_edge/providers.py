@@ -96,8 +96,17 @@ def check_bf16(flags: frozenset[str] | None = None) -> None:
 # -- providers ----------------------------------------------------------------------------
 
 
+def has_onnxruntime() -> bool:
+    """Whether some onnxruntime build imports here (OpenVINO's runtime can run without one)."""
+    try:
+        ort()
+    except ProviderError:
+        return False
+    return True
+
+
 def cuda_available() -> bool:
-    return CUDA in ort().get_available_providers()
+    return has_onnxruntime() and CUDA in ort().get_available_providers()
 
 
 def cpu_providers() -> list[str]:
@@ -107,13 +116,9 @@ def cpu_providers() -> list[str]:
     from . import openvino_runtime
 
     found = []
-    try:
-        rt = ort()
-    except ProviderError:
-        rt = None
-    if rt is not None:
+    if has_onnxruntime():
         found.append("cpu")
-        if OPENVINO in rt.get_available_providers() or _plugin_devices():
+        if OPENVINO in ort().get_available_providers() or _plugin_devices():
             found.append("openvino")
     if openvino_runtime.available():
         found.append("openvino-runtime")
@@ -125,9 +130,7 @@ def runtime_versions() -> str:
     """The versions of the inference engines installed here (part of the cache keys)."""
     from . import openvino_runtime
 
-    parts = []
-    with contextlib.suppress(ProviderError):
-        parts.append(f"onnxruntime {ort().__version__}")
+    parts = [f"onnxruntime {ort().__version__}"] if has_onnxruntime() else []
     if openvino_runtime.version():
         parts.append(f"openvino {openvino_runtime.version()}")
     return "; ".join(parts)

@@ -43,6 +43,7 @@ from .providers import (
     _plugin_devices,
     check_bf16,
     cuda_available,
+    has_onnxruntime,
     openvino_builtin,
     openvino_devices,
     openvino_options,
@@ -219,7 +220,7 @@ def create_session(
                 continue
             built = _try(provider, lambda: _openvino_runtime_session(source, threads, streams, bf16), errors)
             session, options = built or (None, {})
-        elif not _has_onnxruntime():
+        elif not has_onnxruntime():
             errors[provider] = "onnxruntime is not installed"
             continue
         elif provider == "cuda":
@@ -256,14 +257,6 @@ def create_session(
                 warn(f"segen-edge: {message}")
         return LoadedSession(session, got, label, optimized, bf16, options)
     raise _no_provider(device, label, errors)
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        ort()
-    except ProviderError:
-        return False
-    return True
 
 
 def _no_provider(device: Device, path: Path, errors: dict[str, str]) -> Exception:

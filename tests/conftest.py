@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,11 @@ from segen_edge.metadata import ModelInfo, stamp_onnx  # noqa: E402
 
 PALETTE = ((255, 0, 0), (0, 255, 0), (0, 0, 255))
 CLASSES = ("red", "green", "blue")
+
+
+def run_session(loaded: Any, x: np.ndarray) -> np.ndarray:
+    """The first output of a LoadedSession's session for one input array."""
+    return loaded.session.run(None, {loaded.input_name: x})[0]
 
 
 def segmenter_info(**changes: object) -> ModelInfo:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_session
 
 from segen_edge.errors import BadInputError
 from segen_edge.providers import has_bf16, openvino_builtin
@@ -20,16 +21,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _run(loaded, x: np.ndarray) -> np.ndarray:
-    return loaded.session.run(None, {loaded.input_name: x})[0]
-
-
 def test_openvino_runs_and_matches_the_cpu_ep(seg_model: Path) -> None:
     x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
     ov = create_session(seg_model, "openvino", threads=1)
     assert ov.provider == "openvino"
     assert ov.session.get_providers()[0] == "OpenVINOExecutionProvider"
-    np.testing.assert_allclose(_run(ov, x), _run(create_session(seg_model, "cpu"), x), atol=1e-4)
+    np.testing.assert_allclose(
+        run_session(ov, x), run_session(create_session(seg_model, "cpu"), x), atol=1e-4
+    )
 
 
 def test_auto_prefers_openvino(seg_model: Path) -> None:
@@ -41,7 +40,7 @@ def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Pat
     loaded = create_session(seg_model, "openvino", threads=2, streams=2)
     options = loaded.provider_options
     assert (options["device_type"], options["num_of_threads"], options["num_streams"]) == ("CPU", "2", "2")
-    _run(loaded, np.zeros((1, 16, 16, 3), np.float32))
+    run_session(loaded, np.zeros((1, 16, 16, 3), np.float32))
     cache = Path(options["cache_dir"])
     assert cache.parent == tmp_path / "cache" and any(cache.iterdir())  # compiled blobs
 
@@ -74,6 +73,6 @@ def test_external_weights_change_is_seen_under_openvino(tmp_path: Path, monkeypa
     monkeypatch.setenv("SEGEN_EDGE_CACHE", str(tmp_path / "cache"))
     path = _external_model(tmp_path / "m", np.eye(4))
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    np.testing.assert_allclose(_run(create_session(path, "openvino"), x), x)
+    np.testing.assert_allclose(run_session(create_session(path, "openvino"), x), x)
     (tmp_path / "m" / "w.bin").write_bytes((3 * np.eye(4, dtype=np.float32)).tobytes())
-    np.testing.assert_allclose(_run(create_session(path, "openvino"), x), 3 * x)
+    np.testing.assert_allclose(run_session(create_session(path, "openvino"), x), 3 * x)

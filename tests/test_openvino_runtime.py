@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import segmenter_info
+from conftest import run_session, segmenter_info
 
 from segen_edge import openvino_runtime
 from segen_edge.errors import BadInputError, ModelError, ProviderError
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.skipif(
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _run(loaded, x: np.ndarray) -> np.ndarray:
-    return loaded.session.run(None, {loaded.input_name: x})[0]
-
-
 def test_runs_the_onnx_file_like_the_cpu_ep(seg_model: Path) -> None:
     x = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
     loaded = create_session(seg_model, "openvino-runtime", threads=1)
@@ -38,7 +34,9 @@ def test_runs_the_onnx_file_like_the_cpu_ep(seg_model: Path) -> None:
     assert "openvino-runtime" in cpu_providers()
     port = loaded.session.get_inputs()[0]
     assert port.name == "image" and isinstance(port.shape[0], str) and port.shape[3] == 3
-    np.testing.assert_allclose(_run(loaded, x), _run(create_session(seg_model, "cpu"), x), atol=1e-5)
+    np.testing.assert_allclose(
+        run_session(loaded, x), run_session(create_session(seg_model, "cpu"), x), atol=1e-5
+    )
 
 
 def test_bytes_and_the_segmenter_api(seg_model: Path) -> None:
@@ -59,7 +57,7 @@ def test_one_compilation_per_shape_then_one_dynamic(seg_model: Path, monkeypatch
     rng = np.random.default_rng(1)
     for size in (8, 8, 12, 16, 20, 12):
         x = rng.random((1, size, size, 3), dtype=np.float32)
-        np.testing.assert_allclose(_run(loaded, x), _run(cpu, x), atol=1e-5)
+        np.testing.assert_allclose(run_session(loaded, x), run_session(cpu, x), atol=1e-5)
     compiled = loaded.session._compiled
     assert set(compiled) == {(1, 8, 8, 3), (1, 12, 12, 3), None}
 
@@ -69,12 +67,12 @@ def test_a_short_last_batch_runs_padded_not_compiled(seg_model: Path) -> None:
     cpu = create_session(seg_model, "cpu")
     rng = np.random.default_rng(4)
     full, short = (rng.random((n, 16, 16, 3), dtype=np.float32) for n in (8, 3))
-    _run(loaded, full)
-    got = _run(loaded, short)
+    run_session(loaded, full)
+    got = run_session(loaded, short)
     assert got.shape[0] == 3
-    np.testing.assert_allclose(got, _run(cpu, short), atol=1e-5)
+    np.testing.assert_allclose(got, run_session(cpu, short), atol=1e-5)
     assert set(loaded.session._compiled) == {(8, 16, 16, 3)}
-    _run(loaded, rng.random((9, 16, 16, 3), dtype=np.float32))  # a larger one is compiled
+    run_session(loaded, rng.random((9, 16, 16, 3), dtype=np.float32))  # a larger one is compiled
     assert (9, 16, 16, 3) in loaded.session._compiled
 
 
@@ -87,7 +85,7 @@ def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Pat
     assert batch_job["INFERENCE_PRECISION_HINT"] == "f32"  # never bf16 unless asked
     latency = create_session(seg_model, "openvino-runtime")
     assert latency.provider_options["PERFORMANCE_HINT"] == "LATENCY"
-    _run(latency, np.zeros((1, 16, 16, 3), np.float32))
+    run_session(latency, np.zeros((1, 16, 16, 3), np.float32))
     cache = Path(latency.provider_options["CACHE_DIR"])
     assert cache.parent == tmp_path / "cache" and any(cache.iterdir())  # compiled blobs
 
