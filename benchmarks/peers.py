@@ -237,15 +237,25 @@ def bf16_available() -> bool:
 # -- measuring -------------------------------------------------------------------------------
 
 
-def latency(run: Runner, x: np.ndarray, runs: int, warmup: int = 3) -> np.ndarray:
-    for _ in range(warmup):
+def latency(run: Runner, x: np.ndarray, runs: int, warmup_s: float = 0.1, block_s: float = 0.25) -> np.ndarray:
+    """ms per call of `run(x)`: after a pause and `warmup_s` of calls (at least 3), `runs`
+    calls or as many as fill `block_s`, so a 0.5 ms generator gets hundreds of samples, not
+    five. The pause lets the engine timed before settle: a thread pool that has just run a
+    burst keeps its workers spinning on the cores for a while (onnxruntime's does), and
+    whichever engine came next measured up to 2x slow (the cpu-extra run's fcn-pets rows)."""
+    time.sleep(0.2)
+    start = time.perf_counter()
+    for i in range(1_000_000):
         run(x)
-    times = np.empty(runs)
-    for i in range(runs):
+        if i >= 2 and time.perf_counter() - start >= warmup_s:
+            break
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - begin < block_s:
         start = time.perf_counter()
         run(x)
-        times[i] = time.perf_counter() - start
-    return times * 1e3
+        times.append(time.perf_counter() - start)
+    return np.array(times) * 1e3
 
 
 def agreement(case: Case, output: np.ndarray, reference: np.ndarray) -> float:
@@ -255,7 +265,7 @@ def agreement(case: Case, output: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(np.abs(output - reference)) * scale)  # mean |pixel difference|
 
 
-def bench_case(case: Case, threads: int, runs: int, tune: bool = True) -> None:
+def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: int = 6) -> None:
     info = case.info
     rng = np.random.default_rng(0)
     big = 16 if info.task == "generate" else 8
@@ -308,12 +318,12 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True) -> None:
     if not engines:
         return
     # Round robin: every engine is timed in each of `rounds` rounds, so a slow spell of a
-    # shared machine hits them all alike instead of whichever ran during it.
-    rounds = 4
+    # shared machine hits them all alike instead of whichever ran during it; each round
+    # starts one engine further on, so no engine always follows the same one's burst.
     times: dict[str, list[np.ndarray]] = {label: [] for label, _, _ in engines}
     rates: dict[str, list[float]] = {label: [] for label, _, _ in engines}
-    for _ in range(rounds):
-        for label, engine, _ in engines:
+    for r in range(rounds):
+        for label, engine, _ in engines[r % len(engines) :] + engines[: r % len(engines)]:
             times[label].append(latency(engine.run, one, max(5, runs // rounds)))
             rates[label].append(engine.throughput(many))
     reference = engines[0][2]  # Keras fp32, else onnxruntime fp32
@@ -458,11 +468,9 @@ def seed_cases(data: Path, count: int, only: list[str] | None = None) -> list[Ca
         fp32 = export_fp32(model, info)
         int8 = export_int8(fp32, info, real[:16])
         info = ModelInfo.from_props(read_metadata(fp32))  # the layout the export chose
-        cases.append(
-            Case(
-                name, info, model, fp32, int8, str(int8 if info.task == "segment" else fp32), real, real[:16]
-            )
-        )
+        # segen-edge gets the float export with the unchecked int8 file beside it, as a user
+        # of another quantizer has them; auto must not run an int8 file nothing has checked
+        cases.append(Case(name, info, model, fp32, int8, str(fp32), real, real[:16]))
     return cases
 
 
@@ -475,6 +483,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--runs", type=int, default=40, help="timed runs at batch 1")
     parser.add_argument("--images", type=int, default=24, help="real images for agreement")
+    parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds (engines rotated)")
     parser.add_argument("--only", nargs="*", help="model names to run (default: all)")
     parser.add_argument("--skip-seed", action="store_true", help="bundled models only")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -497,7 +506,7 @@ def main() -> None:
     rows = []
     for case in cases:
         print(f"{case.name}:", file=sys.stderr)
-        bench_case(case, args.threads, args.runs, args.tune)
+        bench_case(case, args.threads, args.runs, args.tune, args.rounds)
         rows += report(case)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

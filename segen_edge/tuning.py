@@ -13,8 +13,10 @@ figures.
 
 Only what is known to be accurate on a provider is timed there: fp32 everywhere; another
 precision where the model's card records it within its accuracy budget on that provider
-(the export's agreement check), and on the CPU EP any file whose card has no CPU EP rows
-(what auto has always run there). A file that failed its check is never timed nor picked.
+(the export's agreement check), and on the CPU EP the very file the user named when its card
+has no CPU EP rows (their choice). A file that failed its check, or a sibling precision
+nothing has checked (an int8 file some other tool wrote beside the fp32 one), is never
+timed nor picked.
 The record is keyed by the bytes of every file timed, onnxruntime's version and the CPU
 (cache.cache_key), so a changed model, upgrade or machine is timed afresh.
 """
@@ -75,7 +77,8 @@ def candidates(ref: zoo.ModelRef, providers: Sequence[str]) -> list[Candidate]:
             if isinstance(row, dict) and row.get("within_budget") is True
         }
         for key, path in ref.files.items():
-            if key == "fp32" or (key, False) in passed or (provider == "cpu" and not rows):
+            named = provider == "cpu" and not rows and path == ref.explicit
+            if key == "fp32" or (key, False) in passed or named:
                 found.append(Candidate(provider, key, key, path))
         for key, path in ref.variants.items():  # files made for one provider: int8.openvino
             if key.endswith(f".{provider}") and (key, False) in passed:

@@ -26,10 +26,13 @@ def _row(file: str, ok: bool = True, bf16: bool = False) -> dict[str, Any]:
 
 
 def _family(folder: Path, providers: dict[str, Any] | None = None, variant: bool = False) -> zoo.ModelRef:
-    """m-fp32.onnx and m-int8.onnx (and m-int8.openvino.onnx) whose card holds `providers`."""
+    """m-fp32.onnx and m-int8.onnx (and m-int8.openvino.onnx) whose card holds `providers`
+    (default: both files checked on the CPU EP; {}: nothing checked anywhere)."""
     folder.mkdir(parents=True, exist_ok=True)
+    if providers is None:
+        providers = {"cpu": {"precisions": {"fp32": _row("fp32"), "int8": _row("int8")}}}
     card: dict[str, Any] = {"dataset": "synthetic"}
-    if providers is not None:
+    if providers:
         card["export"] = {"providers": providers}
     for precision in ("fp32", "int8"):
         make_segmenter(folder / f"m-{precision}.onnx", segmenter_info(precision=precision, card=card))
@@ -79,9 +82,12 @@ def test_only_what_passed_its_check_on_a_provider_is_a_candidate(tmp_path: Path)
         ("openvino", "fp32"),
         ("openvino", "int8.openvino"),
     }
-    # no per-provider rows at all: fp32 everywhere, the int8 file only on the CPU EP
-    bare = _family(tmp_path / "b")
-    assert _ids(tuning.candidates(bare, ["cpu", "openvino"])) == {
+    # no per-provider rows at all: fp32 everywhere; the unchecked int8 sibling nowhere...
+    bare = _family(tmp_path / "b", {})
+    assert _ids(tuning.candidates(bare, ["cpu", "openvino"])) == {("cpu", "fp32"), ("openvino", "fp32")}
+    # ...unless it is the file the user named, and then on the CPU EP only
+    named = zoo.resolve(str(tmp_path / "b" / "m-int8.onnx"), "segment")
+    assert _ids(tuning.candidates(named, ["cpu", "openvino"])) == {
         ("cpu", "fp32"),
         ("cpu", "int8"),
         ("openvino", "fp32"),
