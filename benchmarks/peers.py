@@ -237,13 +237,11 @@ def bf16_available() -> bool:
 # -- measuring -------------------------------------------------------------------------------
 
 
-def latency(run: Runner, x: np.ndarray, runs: int, warmup_s: float = 0.1, block_s: float = 0.25) -> np.ndarray:
-    """ms per call of `run(x)`: after a pause and `warmup_s` of calls (at least 3), `runs`
-    calls or as many as fill `block_s`, so a 0.5 ms generator gets hundreds of samples, not
-    five. The pause lets the engine timed before settle: a thread pool that has just run a
-    burst keeps its workers spinning on the cores for a while (onnxruntime's does), and
-    whichever engine came next measured up to 2x slow (the cpu-extra run's fcn-pets rows)."""
-    time.sleep(0.2)
+def latency(
+    run: Runner, x: np.ndarray, runs: int, warmup_s: float = 0.1, block_s: float = 0.25
+) -> np.ndarray:
+    """ms per call of `run(x)`: after `warmup_s` of calls (at least 3), `runs` calls or as
+    many as fill `block_s`, so a 0.5 ms generator gets hundreds of samples, not five."""
     start = time.perf_counter()
     for i in range(1_000_000):
         run(x)
@@ -338,6 +336,9 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: i
                 "batch": big,
                 "throughput": float(np.median(rates[label])),
                 "agreement": agreement(case, out, reference),
+                # per round, so a ratio can be shown with its spread over the rounds
+                "round_p50_ms": [float(np.median(t)) for t in times[label]],
+                "round_throughput": [float(x) for x in rates[label]],
             }
         )
         print(f"  {label}: p50 {case.rows[-1]['p50_ms']:.2f} ms", file=sys.stderr)
@@ -531,6 +532,8 @@ def report(case: Case) -> list[dict[str, Any]]:
     accurate = [r for r in peers if accurate_enough(case, r["agreement"])] or peers
     best1_ok = min(r["p50_ms"] for r in accurate)
     bestb_ok = max(r["throughput"] for r in accurate)
+    peer1 = min(accurate, key=lambda r: r["p50_ms"])
+    peerb = max(accurate, key=lambda r: r["throughput"])
     unit = "agree" if case.info.task == "segment" else "|px diff|"
     print(
         f"\n{case.name} ({case.info.task}, {'x'.join(map(str, case.info.image_size))}, {len(case.real_inputs)} real inputs)"
@@ -548,12 +551,28 @@ def report(case: Case) -> list[dict[str, Any]]:
         r["speedup_vs_accurate_peer_b1"] = best1_ok / r["p50_ms"]
         r["speedup_vs_accurate_peer_bN"] = r["throughput"] / bestb_ok
         r["accurate"] = accurate_enough(case, r["agreement"])
+        # the same ratios round by round (each round times every engine once, side by side):
+        # their range says whether a gap is more than this machine's noise
+        r["vs_accurate_b1_rounds"] = [
+            p / m for p, m in zip(peer1["round_p50_ms"], r["round_p50_ms"], strict=True)
+        ]
+        r["vs_accurate_bN_rounds"] = [
+            m / p for p, m in zip(peerb["round_throughput"], r["round_throughput"], strict=True)
+        ]
         print(
             f"{r['runtime']:<34} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} {r['throughput']:>10.1f} {vs_keras:>9} "
             f"{r['speedup_vs_best_peer_b1']:>15.2f}x {r['speedup_vs_best_peer_bN']:>15.2f}x "
             f"{r['speedup_vs_accurate_peer_b1']:>14.2f}x {r['speedup_vs_accurate_peer_bN']:>14.2f}x "
             f"{r['agreement']:>10.4f}{'' if r['accurate'] else ' (under the bar)'}"
         )
+    for r in rows:
+        if r["runtime"].startswith("segen-edge"):
+            b1, bn = r["vs_accurate_b1_rounds"], r["vs_accurate_bN_rounds"]
+            print(
+                f"segen-edge auto against the fastest accurate peer, round by round: "
+                f"b1 {min(b1):.2f}-{max(b1):.2f}x ({peer1['runtime']}), "
+                f"bN {min(bn):.2f}-{max(bn):.2f}x ({peerb['runtime']}) over {len(b1)} rounds"
+            )
     return rows
 
 

@@ -28,7 +28,8 @@ step_unet_pets() {  # residual U-Net, 5 levels from 10 filters, CE + soft Dice, 
 }
 step_fcn_pets() {  # same data, seed and fraction: the same held-out stems as unet-pets
     train fcn-pets fcn --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \
-        --variant 8s --base-filters 8 --epochs 20 --batch-size 8 --lr 2e-3
+        --variant 8s --base-filters 8 --epochs 40 --batch-size 8 --lr 2e-3 --loss ce+dice \
+        --max-zoom 1.4 --jitter 0.2 --saturation 0.2 --patience 0 --jit
 }
 step_unet_membrane() {  # random 256x256 crops of the 512x512 images at native scale: runs tiled
     train unet-membrane unet --data "$DATA/membrane" --channels 1 --val-count 5 \

@@ -9,7 +9,9 @@ their int8 QDQ files accurately, where onnxruntime's OpenVINO EP does not (READM
 uses (get_inputs, get_outputs, get_providers, run), so Model, Segmenter and Generator run
 it unchanged. OpenVINO is fastest on static shapes: each input shape seen is compiled once
 (the model reshaped to it), except that a batch smaller than one already compiled for the
-same image size (a job's short last batch) runs padded to it; past MAX_SHAPES distinct
+same image size (a job's short last batch) runs padded to it, until that smaller batch
+comes back (single images after a batch of 8 would otherwise cost 8 images each, every
+call; PAD_RUNS padded runs, then it is compiled too); past MAX_SHAPES distinct
 shapes (native mode over photos of many sizes) one dynamic-shape compilation serves every
 further shape. Each calling thread has its own infer request, so a batch job's lanes run
 side by side on OpenVINO's streams.
@@ -30,6 +32,7 @@ from .errors import ProviderError
 from .providers import OPENVINO_RUNTIME
 
 MAX_SHAPES = 8  # static compilations per session before one dynamic-shape one serves the rest
+PAD_RUNS = 2  # padded runs of one smaller batch shape before it gets its own compilation
 
 
 def openvino() -> Any:
@@ -106,6 +109,7 @@ class RuntimeSession:
         self._model = self._core.read_model(source if isinstance(source, bytes) else str(source))
         self.options = config(threads, streams, bf16, cache)
         self._compiled: dict[tuple[int, ...] | None, Any] = {}
+        self._padded: dict[tuple[int, ...], int] = {}  # smaller batch shape -> runs padded
         self._lock = threading.Lock()
         self._local = threading.local()
         self._inputs = [_port(p) for p in self._model.inputs]
@@ -169,12 +173,20 @@ class RuntimeSession:
 
     def _larger_batch(self, shape: tuple[int, ...]) -> int | None:
         """The smallest batch size compiled for this image size above `shape`'s, when
-        `shape` itself is not compiled: a job's short last batch runs padded to it
-        (compiling a shape costs as much as tens of runs)."""
+        `shape` itself is not compiled and has run padded fewer than PAD_RUNS times: a
+        job's short last batch runs padded (compiling a shape costs as much as tens of
+        runs), a batch size that keeps coming gets its own compilation."""
         if not shape or shape in self._compiled:
             return None
         sizes = [key[0] for key in list(self._compiled) if key and key[1:] == shape[1:] and key[0] > shape[0]]
-        return min(sizes) if sizes else None
+        if not sizes:
+            return None
+        with self._lock:
+            runs = self._padded.get(shape, 0)
+            if runs >= PAD_RUNS:
+                return None
+            self._padded[shape] = runs + 1
+        return min(sizes)
 
     def _static_count(self) -> int:
         return sum(1 for key in self._compiled if key is not None)

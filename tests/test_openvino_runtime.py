@@ -76,6 +76,21 @@ def test_a_short_last_batch_runs_padded_not_compiled(seg_model: Path) -> None:
     assert (9, 16, 16, 3) in loaded.session._compiled
 
 
+def test_a_smaller_batch_that_keeps_coming_gets_compiled(seg_model: Path) -> None:
+    """Single images after a batch of 8 (a user's API calls): padded only at first, never
+    8 images' work per image for good."""
+    loaded = create_session(seg_model, "openvino-runtime")
+    cpu = create_session(seg_model, "cpu")
+    rng = np.random.default_rng(5)
+    run_session(loaded, rng.random((8, 16, 16, 3), dtype=np.float32))
+    one = rng.random((1, 16, 16, 3), dtype=np.float32)
+    for _ in range(openvino_runtime.PAD_RUNS):
+        run_session(loaded, one)
+    assert (1, 16, 16, 3) not in loaded.session._compiled
+    np.testing.assert_allclose(run_session(loaded, one), run_session(cpu, one), atol=1e-5)
+    assert (1, 16, 16, 3) in loaded.session._compiled
+
+
 def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SEGEN_EDGE_CACHE", str(tmp_path / "cache"))
     batch_job = create_session(seg_model, "openvino-runtime", threads=1).provider_options
