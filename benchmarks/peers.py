@@ -59,7 +59,7 @@ class Engine:
     run: Runner  # one batch at a time: latency
     stream: Callable[[list[np.ndarray]], None] | None = None  # many batches its own way: throughput
 
-    def throughput(self, batch: np.ndarray, seconds: float = 0.5) -> float:
+    def throughput(self, batch: np.ndarray, seconds: float = 1.0) -> float:
         """Images per second over a stream of copies of `batch` lasting about `seconds`
         (after a warm-up), so thread start-up is noise even for a 0.1 ms generator."""
         go = self.stream or (lambda xs: [self.run(x) for x in xs])
@@ -316,15 +316,18 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: i
     if not engines:
         return
     # Round robin: every engine is timed in each of `rounds` rounds, so a slow spell of a
-    # shared machine hits them all alike instead of whichever ran during it; each round
-    # starts one engine further on, so no engine always follows the same one's burst.
+    # shared machine hits them all alike instead of whichever ran during it; each round in
+    # its own seeded order, so no engine always follows the same one's burst.
     times: dict[str, list[np.ndarray]] = {label: [] for label, _, _ in engines}
     rates: dict[str, list[float]] = {label: [] for label, _, _ in engines}
-    for r in range(rounds):
-        for label, engine, _ in engines[r % len(engines) :] + engines[: r % len(engines)]:
+    order = np.random.default_rng(len(engines))
+    for _ in range(rounds):
+        for i in order.permutation(len(engines)):
+            label, engine, _ = engines[i]
             times[label].append(latency(engine.run, one, max(5, runs // rounds)))
             rates[label].append(engine.throughput(many))
     reference = engines[0][2]  # Keras fp32, else onnxruntime fp32
+    duels = duel_fastest_accurate(case, engines, times, rates, one, many, reference)
     for label, _, out in engines:
         ms1 = np.concatenate(times[label])
         case.rows.append(
@@ -339,9 +342,57 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: i
                 # per round, so a ratio can be shown with its spread over the rounds
                 "round_p50_ms": [float(np.median(t)) for t in times[label]],
                 "round_throughput": [float(x) for x in rates[label]],
+                **(duels if label.startswith("segen-edge") else {}),
             }
         )
         print(f"  {label}: p50 {case.rows[-1]['p50_ms']:.2f} ms", file=sys.stderr)
+
+
+def duel_fastest_accurate(
+    case: Case,
+    engines: list[tuple[str, Engine, np.ndarray]],
+    times: dict[str, list[np.ndarray]],
+    rates: dict[str, list[float]],
+    one: np.ndarray,
+    many: np.ndarray,
+    reference: np.ndarray,
+    pairs: int = 10,
+) -> dict[str, Any]:
+    """segen-edge against the fastest accurate peer of the rounds (at batch 1 and at batch
+    N), head to head: `pairs` pairs of short blocks back to back, who goes first
+    alternating, and the median of the pairs' ratios. On a shared 2-core VM whose speed
+    swings by 2x within a minute (the same OpenVINO stream measured 71-138 images/s in
+    consecutive seconds), only side-by-side pairs tell a 5% gap from noise."""
+    segen = next(((lab, e) for lab, e, _ in engines if lab.startswith("segen-edge")), None)
+    accurate = [
+        (lab, e)
+        for lab, e, out in engines
+        if not lab.startswith("segen-edge") and accurate_enough(case, agreement(case, out, reference))
+    ]
+    if segen is None or not accurate:
+        return {}
+    p50 = {lab: float(np.median(np.concatenate(times[lab]))) for lab, _ in accurate}
+    rate = {lab: float(np.median(rates[lab])) for lab, _ in accurate}
+    peer1 = min(accurate, key=lambda le: p50[le[0]])
+    peerb = max(accurate, key=lambda le: rate[le[0]])
+    b1: list[float] = []
+    bn: list[float] = []
+    for i in range(pairs):
+        first, second = (segen, peer1) if i % 2 == 0 else (peer1, segen)
+        ms = {
+            lab: float(np.median(latency(e.run, one, 5, warmup_s=0.05, block_s=0.2)))
+            for lab, e in (first, second)
+        }
+        b1.append(ms[peer1[0]] / ms[segen[0]])
+        first, second = (segen, peerb) if i % 2 == 0 else (peerb, segen)
+        ips = {lab: e.throughput(many, seconds=0.4) for lab, e in (first, second)}
+        bn.append(ips[segen[0]] / ips[peerb[0]])
+    return {
+        "duel_b1_peer": peer1[0],
+        "duel_b1": b1,
+        "duel_bN_peer": peerb[0],
+        "duel_bN": bn,
+    }
 
 
 # -- cases -----------------------------------------------------------------------------------
@@ -573,7 +624,18 @@ def report(case: Case) -> list[dict[str, Any]]:
                 f"b1 {min(b1):.2f}-{max(b1):.2f}x ({peer1['runtime']}), "
                 f"bN {min(bn):.2f}-{max(bn):.2f}x ({peerb['runtime']}) over {len(b1)} rounds"
             )
+            if r.get("duel_b1"):
+                print(
+                    f"head to head, {len(r['duel_b1'])} pairs of blocks back to back (median, quartiles): "
+                    f"b1 {_spread(r['duel_b1'])} vs {r['duel_b1_peer']}, "
+                    f"bN {_spread(r['duel_bN'])} vs {r['duel_bN_peer']}"
+                )
     return rows
+
+
+def _spread(ratios: list[float]) -> str:
+    q1, q2, q3 = np.percentile(ratios, [25, 50, 75])
+    return f"{q2:.2f}x ({q1:.2f}-{q3:.2f})"
 
 
 if __name__ == "__main__":
