@@ -89,11 +89,17 @@ class Model:
         with ThreadPoolExecutor(lanes, thread_name_prefix="segen-run") as runners:
             yield from ordered_map(self.run, batches, runners, lanes + 1)
 
+    @functools.cached_property
+    def _names(self) -> tuple[list[str], str]:
+        """(output names, input name), asked of the session once, not on every run."""
+        return [self.loaded.output_name], self.loaded.input_name
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         loaded = self.loaded
         session = self._session
+        outputs, feed = self._names
         try:
-            out = session.run([loaded.output_name], {loaded.input_name: batch})[0]
+            out = session.run(outputs, {feed: batch})[0]
         except Exception as exc:  # onnxruntime's own exception types; never a traceback
             text = str(exc).strip()
             reason = text.splitlines()[-1][:200] if text else type(exc).__name__

@@ -39,6 +39,7 @@ from .pipeline import cpu_count
 from .providers import has_bf16
 
 RECORD = "tuning.json"
+BLOCK = 5  # calls per turn when each call runs on several threads (the first not counted)
 SCHEMA = 1
 
 
@@ -211,10 +212,16 @@ def time_together(
     threads: int = 1,
 ) -> dict[tuple[Candidate, int], float]:
     """p50 milliseconds of one run of each candidate at each batch size with `threads` per
-    run (1: as the batch job runs it). The candidates are open at once and take turns call
-    by call, so a machine whose speed drifts (a shared VM, another job) slows them alike and
-    the comparison stays fair; timed one after the other, a slow minute decided the winner."""
+    run (1: as the batch job runs it). The candidates are open at once and take turns, so a
+    machine whose speed drifts (a shared VM, another job) slows them alike and the
+    comparison stays fair; timed one after the other, a slow minute decided the winner.
+    With one thread they take turns call by call. With several, in short blocks whose first
+    call is not counted: a session whose pool has just run keeps its threads spinning on the
+    cores a moment, which slows the next session's first call (call by call, onnxruntime's
+    CPU EP measured fcn-pets' int8 file faster at 2 threads, in blocks its fp32 file was)."""
     from .bench import sample_batch
+
+    block, skip = (1, 0) if threads == 1 else (BLOCK, 1)
 
     models: list[Any] = []
     try:
@@ -227,11 +234,13 @@ def time_together(
                 for _ in range(warmup):
                     m.run(x)
             times: list[list[float]] = [[] for _ in models]
-            for i in range(runs):
+            for i in range(-(-runs // (block - skip))):
                 for k in [*range(i % len(models), len(models)), *range(i % len(models))]:
-                    start = time.perf_counter()
-                    models[k].run(samples[k])
-                    times[k].append(time.perf_counter() - start)
+                    for call in range(block):
+                        start = time.perf_counter()
+                        models[k].run(samples[k])
+                        if call >= skip:
+                            times[k].append(time.perf_counter() - start)
             for cand, spent in zip(found, times, strict=True):
                 out[cand, batch] = round(float(np.median(spent)) * 1e3, 3)
         return out
