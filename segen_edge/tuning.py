@@ -16,7 +16,8 @@ precision where the model's card records it within its accuracy budget on that p
 (the export's agreement check), and on the CPU EP the very file the user named when its card
 has no CPU EP rows (their choice). A file that failed its check, or a sibling precision
 nothing has checked (an int8 file some other tool wrote beside the fp32 one), is never
-timed nor picked.
+timed nor picked; except a generator's, which `tune` checks itself against the fp32 file on
+seeded latents, a generator's very inputs (check_generator_siblings).
 The record is keyed by the bytes of every file timed, onnxruntime's version and the CPU
 (cache.cache_key), so a changed model, upgrade or machine is timed afresh.
 """
@@ -39,6 +40,8 @@ from .pipeline import cpu_count
 from .providers import has_bf16
 
 RECORD = "tuning.json"
+MIN_PSNR_DB = 40.0  # a generator's precision agrees with fp32 where its images are this close
+CHECK_SAMPLES = 64  # seeded latents for that check
 BLOCK = 5  # calls per turn when each call runs on several threads (the first not counted)
 SCHEMA = 1
 
@@ -169,7 +172,8 @@ def best(
     entry = entries.get(key or "")
     if not isinstance(entry, dict):
         return None
-    by_id = {(c.provider, c.file, c.bf16): c for c in found}
+    checked = [c for c in _checked(ref, entry) if c.provider in providers]
+    by_id = {(c.provider, c.file, c.bf16): c for c in [*found, *checked]}
     rows = [r for r in entry.get("timings", []) if isinstance(r, dict)]
     if not rows:
         return None
@@ -249,6 +253,68 @@ def time_together(
             m.close()
 
 
+def check_generator_siblings(
+    ref: zoo.ModelRef, providers: Sequence[str], found: Sequence[Candidate], overrides: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A generator's sibling precisions that no card has checked on a provider, checked
+    here: their images from seeded latents (a generator's inputs are exactly those, so no
+    data set is needed) against the fp32 file's on the first provider, PSNR in 8-bit pixel
+    units. Those at MIN_PSNR_DB or above on a provider become candidates there; each entry
+    holds the file's cache key, so a changed file is checked afresh."""
+    from .bench import sample_batch
+
+    have = {(c.provider, c.file) for c in found}
+    todo = [
+        (provider, key, path)
+        for provider in providers
+        for key, path in ref.files.items()
+        if key != "fp32" and (provider, key) not in have
+    ]
+    if "fp32" not in ref.files or not todo or not providers:
+        return []
+    reference = _open(Candidate(providers[0], "fp32", "fp32", ref.files["fp32"]), 1, overrides)
+    try:
+        if reference.info.task != "generate":
+            return []
+        latents = sample_batch(reference, CHECK_SAMPLES, seed=1)
+        expected = reference.run(latents)
+        scale = reference.info.pixel_scale
+    finally:
+        reference.close()
+    checked = []
+    for provider, key, path in todo:
+        try:
+            model = _open(Candidate(provider, key, key, path), 1, overrides)
+        except Exception:  # an engine that cannot open this file: simply not a candidate
+            continue
+        try:
+            got = model.run(latents)
+        finally:
+            model.close()
+        mse = float(np.mean(((got - expected) / scale) ** 2))
+        psnr = None if mse == 0 else round(10 * float(np.log10(255.0**2 / mse)), 2)
+        checked.append(
+            {
+                "provider": provider,
+                "file": key,
+                "key": cache.cache_key(path),
+                "psnr_db": psnr,
+                "within_budget": psnr is None or psnr >= MIN_PSNR_DB,
+            }
+        )
+    return checked
+
+
+def _checked(ref: zoo.ModelRef, entry: dict[str, Any]) -> list[Candidate]:
+    """The candidates a record's generator check admitted, while their files are unchanged."""
+    out = []
+    for row in entry.get("checked", []):
+        path = ref.files.get(str(row.get("file"))) if isinstance(row, dict) else None
+        if path is not None and row.get("within_budget") is True and row.get("key") == cache.cache_key(path):
+            out.append(Candidate(str(row["provider"]), str(row["file"]), str(row["file"]), path))
+    return out
+
+
 def tune(
     ref: zoo.ModelRef,
     providers: Sequence[str],
@@ -261,6 +327,9 @@ def tune(
     """Time every candidate of `ref` on `providers` at each batch size and record them:
     the timings, and the record's path (None when the cache is off)."""
     found = candidates(ref, providers)
+    key = record_key(found)
+    checked = check_generator_siblings(ref, providers, found, overrides or {})
+    found = [*found, *_checked(ref, {"checked": checked})]
     timings = []
     cores = cpu_count()
     # one thread at every batch size (the batch job's lanes), and every core at batch 1
@@ -273,7 +342,6 @@ def tune(
             timings.append(timing)
             if progress is not None:
                 progress(timing)
-    key = record_key(found)
     written = None
     if key is not None and timings:
         entry = {
@@ -281,6 +349,7 @@ def tune(
             "measured": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "runs": runs,
             "timings": [asdict(t) for t in timings],
+            "checked": checked,
         }
         written = _write_record(key, entry)
     return timings, written

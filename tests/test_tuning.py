@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from conftest import make_segmenter, segmenter_info
+from conftest import generator_info, make_generator, make_segmenter, segmenter_info
 from typer.testing import CliRunner
 
 from segen_edge import load, tuning, zoo
@@ -180,3 +181,30 @@ def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
         at = [r for r in rows if (r["batch"], r["threads"]) == (batch, threads)]
         chosen = [r for r in at if r["chosen"]]
         assert len(chosen) == 1 and chosen[0]["p50_ms"] == min(r["p50_ms"] for r in at)
+
+
+def test_tune_checks_a_generators_unchecked_int8_on_seeded_latents(tmp_path: Path) -> None:
+    """A generator's sibling int8 file without a card is checked against fp32 on seeded
+    latents (its very inputs) and timed only where its images match; a broken one never."""
+    import onnx
+    from onnx import numpy_helper
+
+    timed = {}
+    for name, broken in (("good", False), ("bad", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        make_generator(folder / "g-fp32.onnx", generator_info())
+        int8 = make_generator(folder / "g-int8.onnx", generator_info(precision="int8"))
+        if broken:  # weights zeroed: every image mid-grey
+            proto = onnx.load(str(int8))
+            weight = next(t for t in proto.graph.initializer if t.name == "w")
+            weight.CopyFrom(numpy_helper.from_array(np.zeros((4, 64), np.float32), "w"))
+            onnx.save(proto, str(int8))
+        ref = zoo.resolve(str(folder / "g-fp32.onnx"), "generate")
+        assert _ids(tuning.candidates(ref, ["cpu"])) == {("cpu", "fp32")}  # nothing checked it
+        timings, _ = tuning.tune(ref, ["cpu"], batches=(1,), runs=3)
+        timed[name] = {(t.provider, t.file) for t in timings}
+        found = tuning.best(ref, ["cpu"], 1)
+        assert found is not None and (found[0].file == "int8") <= (not broken)
+    assert ("cpu", "int8") in timed["good"]
+    assert timed["bad"] == {("cpu", "fp32")}
