@@ -327,7 +327,6 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: i
             times[label].append(latency(engine.run, one, max(5, runs // rounds)))
             rates[label].append(engine.throughput(many))
     reference = engines[0][2]  # Keras fp32, else onnxruntime fp32
-    duels = duel_fastest_accurate(case, engines, times, rates, one, many, reference)
     for label, _, out in engines:
         ms1 = np.concatenate(times[label])
         case.rows.append(
@@ -342,39 +341,37 @@ def bench_case(case: Case, threads: int, runs: int, tune: bool = True, rounds: i
                 # per round, so a ratio can be shown with its spread over the rounds
                 "round_p50_ms": [float(np.median(t)) for t in times[label]],
                 "round_throughput": [float(x) for x in rates[label]],
-                **(duels if label.startswith("segen-edge") else {}),
             }
         )
         print(f"  {label}: p50 {case.rows[-1]['p50_ms']:.2f} ms", file=sys.stderr)
+    by_label = {label: engine for label, engine, _ in engines}
+    for row in case.rows:
+        if row["runtime"].startswith("segen-edge"):
+            row.update(duel_fastest_accurate(case, by_label, one, many))
+
+
+def accurate_peers(case: Case, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the peers (not segen-edge) that clear the issue's bar."""
+    return [
+        r for r in rows if not r["runtime"].startswith("segen-edge") and accurate_enough(case, r["agreement"])
+    ]
 
 
 def duel_fastest_accurate(
-    case: Case,
-    engines: list[tuple[str, Engine, np.ndarray]],
-    times: dict[str, list[np.ndarray]],
-    rates: dict[str, list[float]],
-    one: np.ndarray,
-    many: np.ndarray,
-    reference: np.ndarray,
-    pairs: int = 10,
+    case: Case, engines: dict[str, Engine], one: np.ndarray, many: np.ndarray, pairs: int = 10
 ) -> dict[str, Any]:
     """segen-edge against the fastest accurate peer of the rounds (at batch 1 and at batch
     N), head to head: `pairs` pairs of short blocks back to back, who goes first
     alternating, and the median of the pairs' ratios. On a shared 2-core VM whose speed
     swings by 2x within a minute (the same OpenVINO stream measured 71-138 images/s in
     consecutive seconds), only side-by-side pairs tell a 5% gap from noise."""
-    segen = next(((lab, e) for lab, e, _ in engines if lab.startswith("segen-edge")), None)
-    accurate = [
-        (lab, e)
-        for lab, e, out in engines
-        if not lab.startswith("segen-edge") and accurate_enough(case, agreement(case, out, reference))
-    ]
+    accurate = accurate_peers(case, case.rows)
+    segen = next(((lab, e) for lab, e in engines.items() if lab.startswith("segen-edge")), None)
     if segen is None or not accurate:
         return {}
-    p50 = {lab: float(np.median(np.concatenate(times[lab]))) for lab, _ in accurate}
-    rate = {lab: float(np.median(rates[lab])) for lab, _ in accurate}
-    peer1 = min(accurate, key=lambda le: p50[le[0]])
-    peerb = max(accurate, key=lambda le: rate[le[0]])
+    fastest = min(accurate, key=lambda r: r["p50_ms"])["runtime"]
+    busiest = max(accurate, key=lambda r: r["throughput"])["runtime"]
+    peer1, peerb = (fastest, engines[fastest]), (busiest, engines[busiest])
     b1: list[float] = []
     bn: list[float] = []
     for i in range(pairs):
@@ -580,7 +577,7 @@ def report(case: Case) -> list[dict[str, Any]]:
     bestb = max(r["throughput"] for r in peers)
     # the issue's bar: a peer counts as "accurate" at >= 99% pixel agreement with fp32 (a mean
     # pixel difference of at most 1 of 255 for generators); auto is held to the same bar
-    accurate = [r for r in peers if accurate_enough(case, r["agreement"])] or peers
+    accurate = accurate_peers(case, rows) or peers
     best1_ok = min(r["p50_ms"] for r in accurate)
     bestb_ok = max(r["throughput"] for r in accurate)
     peer1 = min(accurate, key=lambda r: r["p50_ms"])

@@ -105,6 +105,9 @@ def cold_start(open_model: Callable[[], Model], batch_size: int = 1) -> tuple[Mo
     return model, ColdStart(round((opened - start) * 1e3, 3), round((done - opened) * 1e3, 3))
 
 
+MIN_PSNR_DB = 40.0  # a generator's precision is within budget where its images are this close to fp32's
+
+
 def agreement(model: Model, reference: Model, batch: np.ndarray) -> dict[str, float | None]:
     """How closely `model` follows `reference` (the fp32 file) on one input batch."""
     if model.info.task == "segment":

@@ -7,7 +7,7 @@ present; bf16 exists only with AVX512-BF16 or AMX). `segen-edge tune` (`tune()` 
 on this machine, every provider and precision a model may run in, one thread per run and one
 batch at a time as the batch job runs them, and at batch 1 also on every core, as one call
 at a time runs (the fastest engine can differ between the two), the candidates taking turns
-call by call, and records the figures in the cache folder (`tuning.json`). `best()` reads
+(see time_together), and records the figures in the cache folder (`tuning.json`). `best()` reads
 that record for the job's batch size and threads; `auto` takes it before the export's
 figures.
 
@@ -40,7 +40,6 @@ from .pipeline import cpu_count
 from .providers import has_bf16
 
 RECORD = "tuning.json"
-MIN_PSNR_DB = 40.0  # a generator's precision agrees with fp32 where its images are this close
 CHECK_SAMPLES = 64  # seeded latents for that check
 BLOCK = 5  # calls per turn when each call runs on several threads (the first not counted)
 SCHEMA = 1
@@ -172,7 +171,7 @@ def best(
     entry = entries.get(key or "")
     if not isinstance(entry, dict):
         return None
-    checked = [c for c in _checked(ref, entry) if c.provider in providers]
+    checked = [c for c in _checked(ref, entry.get("checked", [])) if c.provider in providers]
     by_id = {(c.provider, c.file, c.bf16): c for c in [*found, *checked]}
     rows = [r for r in entry.get("timings", []) if isinstance(r, dict)]
     if not rows:
@@ -258,10 +257,11 @@ def check_generator_siblings(
 ) -> list[dict[str, Any]]:
     """A generator's sibling precisions that no card has checked on a provider, checked
     here: their images from seeded latents (a generator's inputs are exactly those, so no
-    data set is needed) against the fp32 file's on the first provider, PSNR in 8-bit pixel
-    units. Those at MIN_PSNR_DB or above on a provider become candidates there; each entry
-    holds the file's cache key, so a changed file is checked afresh."""
-    from .bench import sample_batch
+    data set is needed) against the fp32 file's on the first provider, by bench.agreement
+    (PSNR of the 8-bit images). Those at bench.MIN_PSNR_DB or above on a provider become
+    candidates there; each entry holds the file's cache key, so a changed file is checked
+    afresh."""
+    from .bench import MIN_PSNR_DB, agreement, sample_batch
 
     have = {(c.provider, c.file) for c in found}
     todo = [
@@ -272,43 +272,35 @@ def check_generator_siblings(
     ]
     if "fp32" not in ref.files or not todo or not providers:
         return []
-    reference = _open(Candidate(providers[0], "fp32", "fp32", ref.files["fp32"]), 1, overrides)
-    try:
+    checked: list[dict[str, Any]] = []
+    with _open(Candidate(providers[0], "fp32", "fp32", ref.files["fp32"]), 1, overrides) as reference:
         if reference.info.task != "generate":
-            return []
+            return checked
         latents = sample_batch(reference, CHECK_SAMPLES, seed=1)
-        expected = reference.run(latents)
-        scale = reference.info.pixel_scale
-    finally:
-        reference.close()
-    checked = []
-    for provider, key, path in todo:
-        try:
-            model = _open(Candidate(provider, key, key, path), 1, overrides)
-        except Exception:  # an engine that cannot open this file: simply not a candidate
-            continue
-        try:
-            got = model.run(latents)
-        finally:
-            model.close()
-        mse = float(np.mean(((got - expected) / scale) ** 2))
-        psnr = None if mse == 0 else round(10 * float(np.log10(255.0**2 / mse)), 2)
-        checked.append(
-            {
-                "provider": provider,
-                "file": key,
-                "key": cache.cache_key(path),
-                "psnr_db": psnr,
-                "within_budget": psnr is None or psnr >= MIN_PSNR_DB,
-            }
-        )
+        for provider, key, path in todo:
+            try:
+                model = _open(Candidate(provider, key, key, path), 1, overrides)
+            except Exception:  # an engine that cannot open this file: simply not a candidate
+                continue
+            with model:
+                psnr = agreement(model, reference, latents)["psnr_db"]
+            checked.append(
+                {
+                    "provider": provider,
+                    "file": key,
+                    "key": cache.cache_key(path),
+                    "psnr_db": psnr,
+                    "within_budget": psnr is None or psnr >= MIN_PSNR_DB,
+                }
+            )
     return checked
 
 
-def _checked(ref: zoo.ModelRef, entry: dict[str, Any]) -> list[Candidate]:
-    """The candidates a record's generator check admitted, while their files are unchanged."""
+def _checked(ref: zoo.ModelRef, rows: Sequence[Any]) -> list[Candidate]:
+    """The candidates a generator check (a record's "checked" rows) admitted, while their
+    files are unchanged."""
     out = []
-    for row in entry.get("checked", []):
+    for row in rows:
         path = ref.files.get(str(row.get("file"))) if isinstance(row, dict) else None
         if path is not None and row.get("within_budget") is True and row.get("key") == cache.cache_key(path):
             out.append(Candidate(str(row["provider"]), str(row["file"]), str(row["file"]), path))
@@ -329,7 +321,7 @@ def tune(
     found = candidates(ref, providers)
     key = record_key(found)
     checked = check_generator_siblings(ref, providers, found, overrides or {})
-    found = [*found, *_checked(ref, {"checked": checked})]
+    found = [*found, *_checked(ref, checked)]
     timings = []
     cores = cpu_count()
     # one thread at every batch size (the batch job's lanes), and every core at batch 1
