@@ -122,6 +122,13 @@ def load(
             "use precision fp16 or fp32 on a GPU",
             label,
         )
+    log.info(
+        "running %s on %s%s, %s",
+        Path(label).name,
+        loaded.provider,
+        " in bf16" if loaded.bf16 else "",
+        f"{threads} thread{'s' if threads != 1 else ''} per run" if threads else "every core per run",
+    )
     model: Model = Segmenter(loaded, info) if info.task == "segment" else Generator(loaded, info)
     return model  # type: ignore[return-value]
 
@@ -202,11 +209,25 @@ def _read(
     if tuned is not None:
         log.info("%s: %s %s, the fastest `segen-edge tune` timed here", ref.name, *tuned[:2])
         return read_model_bytes(tuned[2].path), str(tuned[2].path), tuned[2].bf16, Device(tuned[0])
+    chosen = precision == "auto" or provider == "cpu-auto"  # something for --verbose to tell
     if provider == "cpu-auto":
         provider = _auto_cpu_provider(ref, engines, precision, batch_size)
         device = Device(provider)
     choice = ref.choose(precision, provider, batch_size)
+    if chosen:
+        log.info("%s: %s", ref.name, _why(choice, provider, batch_size))
     return read_model_bytes(choice.path), str(choice.path), choice.bf16, device
+
+
+def _why(choice: zoo.Choice, provider: str, batch_size: int) -> str:
+    """What auto chose on `provider`, and from what (for --verbose)."""
+    if choice.latency_ms is None:
+        return f"the {choice.precision} file on {provider} (no measurements for it: the float file)"
+    return (
+        f"the {choice.precision} file on {provider}, the fastest within its accuracy budget in the "
+        f"model's measurements ({choice.latency_ms:.3g} ms at the batch nearest {batch_size}; "
+        "`segen-edge tune` times it on this machine)"
+    )
 
 
 def _tuned(

@@ -86,6 +86,22 @@ def test_segment_writes_masks_at_input_size_with_class_ids(
     assert "running tiny-seg-fp32.onnx on cpu" not in stderr  # said only with --verbose
 
 
+def test_verbose_says_what_runs_where_and_why(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
+    red = str(photo_dir / "red.png")
+    code, _, stderr = run(
+        "segment", red, "-m", str(seg_model), "-o", str(tmp_path / "a"), "-v", "--threads", "2"
+    )
+    assert code == 0, stderr
+    assert "running tiny-seg-fp32.onnx on cpu, 2 threads per run" in stderr
+    assert "fp32 file on cpu" in stderr  # what auto chose for this file, and from what
+    code, _, stderr = run(
+        "segment", red, "-m", str(seg_model), "-o", str(tmp_path / "b"), "-v", "-d", "cpu", "-p", "fp32"
+    )
+    assert code == 0, stderr
+    assert "running tiny-seg-fp32.onnx on cpu, 1 thread per run" in stderr
+    assert "file on cpu" not in stderr  # nothing was chosen: nothing to explain
+
+
 def test_segment_save_kinds_and_summary(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
     out, summary = tmp_path / "out", tmp_path / "summary.json"
     code, _, _ = run(

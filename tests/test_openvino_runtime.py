@@ -105,6 +105,41 @@ def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Pat
     assert cache.parent == tmp_path / "cache" and any(cache.iterdir())  # compiled blobs
 
 
+def test_a_second_session_starts_from_the_cache_without_reading_the_model(
+    seg_model: Path, tmp_path: Path
+) -> None:
+    """Cold start: each shape's model kept as IR and the ports noted, so the next session of
+    the same file compiles from the IR (OpenVINO finds its blob) and never parses the ONNX."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    x = np.random.default_rng(6).random((2, 16, 16, 3), dtype=np.float32)
+    first = openvino_runtime.RuntimeSession(seg_model, cache=cache)
+    expected = first.run(None, {"image": x})[0]
+    assert (cache / "shape-2x16x16x3.xml").is_file() and (cache / "shape-2x16x16x3.bin").is_file()
+    assert not [p for p in cache.iterdir() if ".part" in p.name]  # written whole, then renamed
+    second = openvino_runtime.RuntimeSession(seg_model, cache=cache)
+    assert [p.name for p in second.get_inputs()] == [p.name for p in first.get_inputs()]
+    assert second.get_outputs() == first.get_outputs()
+    np.testing.assert_array_equal(second.run(None, {"image": x})[0], expected)
+    assert second._read is None  # ports from the note, weights from the IR
+    second.run(None, {"image": x[:1].repeat(3, axis=0)})  # a new shape needs the model itself
+    assert second._read is not None
+
+
+def test_a_damaged_cache_is_made_again(seg_model: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    x = np.random.default_rng(7).random((1, 16, 16, 3), dtype=np.float32)
+    expected = openvino_runtime.RuntimeSession(seg_model, cache=cache).run(None, {"image": x})[0]
+    (cache / openvino_runtime.PORTS).write_text("{not json")
+    (cache / "shape-1x16x16x3.xml").write_text("<net>torn")
+    again = openvino_runtime.RuntimeSession(seg_model, cache=cache)
+    np.testing.assert_allclose(again.run(None, {"image": x})[0], expected, atol=1e-6)
+    fresh = openvino_runtime.RuntimeSession(seg_model, cache=cache)  # the damaged files replaced
+    np.testing.assert_allclose(fresh.run(None, {"image": x})[0], expected, atol=1e-6)
+    assert fresh._read is None
+
+
 def test_bf16_only_where_the_cpu_has_it(seg_model: Path) -> None:
     if has_bf16():
         loaded = create_session(seg_model, "openvino-runtime", bf16=True)
