@@ -84,10 +84,15 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def batch_threads(threads: int | None) -> int:
+def batch_threads(threads: int | None, runs: int | None = None) -> int:
     """onnxruntime intra-op threads for each run of a batch job: `threads` if given, else 1
-    (the lanes then use the cores)."""
-    return threads or 1
+    (the lanes then use the cores); but a job of fewer `runs` than cores (one photo, one
+    batch) shares the cores among its runs instead of leaving the other lanes idle."""
+    if threads:
+        return threads
+    if runs is None or runs >= cpu_count():
+        return 1
+    return max(1, cpu_count() // max(1, runs))
 
 
 def lanes_for(provider: str, threads: int | None) -> int:

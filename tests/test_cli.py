@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from segen_edge import cli
+from segen_edge.pipeline import cpu_count
 
 runner = CliRunner()
 
@@ -98,8 +99,15 @@ def test_verbose_says_what_runs_where_and_why(seg_model: Path, photo_dir: Path, 
         "segment", red, "-m", str(seg_model), "-o", str(tmp_path / "b"), "-v", "-d", "cpu", "-p", "fp32"
     )
     assert code == 0, stderr
-    assert "running tiny-seg-fp32.onnx on cpu, 1 thread per run" in stderr
+    cores = cpu_count()  # one photo: its one run gets every core, not one lane's
+    assert f"running tiny-seg-fp32.onnx on cpu, {cores} thread{'s' if cores > 1 else ''} per run" in stderr
     assert "file on cpu" not in stderr  # nothing was chosen: nothing to explain
+    code, _, stderr = run(
+        "segment", str(photo_dir), "-m", str(seg_model), "-o", str(tmp_path / "c"), "-v", "-b", "1"
+    )
+    assert code == 0, stderr
+    expected = max(1, cores // 3)
+    assert f"on cpu, {expected} thread{'s' if expected > 1 else ''} per run" in stderr
 
 
 def test_segment_save_kinds_and_summary(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:

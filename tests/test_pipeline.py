@@ -43,6 +43,18 @@ def test_lanes_only_on_the_cpu_provider() -> None:
     assert lanes_for("cuda", None) == lanes_for("openvino", None) == 2
 
 
+def test_a_job_of_fewer_runs_than_cores_shares_the_cores(monkeypatch) -> None:
+    from segen_edge import pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_count", lambda: 8)
+    assert pipeline.batch_threads(None) == 1  # unknown size: one thread a lane
+    assert pipeline.batch_threads(None, runs=1) == 8  # one photo: every core on it
+    assert pipeline.batch_threads(None, runs=3) == 2
+    assert pipeline.batch_threads(None, runs=8) == pipeline.batch_threads(None, runs=100) == 1
+    assert pipeline.batch_threads(3, runs=1) == 3  # the user's --threads stands
+    assert pipeline.lanes_for("cpu", pipeline.batch_threads(None, runs=3)) == 4
+
+
 def _segment(model: Path, folder: Path, out: Path, lanes: int) -> list[tuple[str, str, bytes]]:
     segmenter = load(str(model), task="segment", device="cpu", threads=1)
     results = iter_segment_files(segmenter, [str(folder)], out, batch_size=2, lanes=lanes)

@@ -75,10 +75,8 @@ def generate(
         check_writable_file(grid, "--grid", ".png")
         _check_grid_target(grid, overwrite)
     overrides = c.description(image_size, layout, pixel_scale, pixel_offset, latent_size=latent_size)
-    generator = c.open_model(
-        model, "generate", device, precision, batch_threads(threads), overrides,
-        batch_size,
-    )  # fmt: skip
+    threads = batch_threads(threads, runs=-(-n // batch_size))
+    generator = c.open_model(model, "generate", device, precision, threads, overrides, batch_size)
     assert isinstance(generator, Generator)
     generator.check_code(code)
     if grid is not None:

@@ -150,9 +150,8 @@ def segment(
     if not plan.total:
         where = " ".join(c.printable(i) for i in inputs)
         raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
-    segmenter = c.open_model(
-        model, "segment", device, precision, batch_threads(threads), overrides, batch_size
-    )
+    threads = batch_threads(threads, runs=-(-plan.total // batch_size))  # resize mode's runs
+    segmenter = c.open_model(model, "segment", device, precision, threads, overrides, batch_size)
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
     settings = segmenter.settings(
