@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from export.measure import latency, providers_here, runtime_model  # noqa: E402
 from segen_edge import zoo  # noqa: E402
-from segen_edge.bench import MIN_PSNR_DB  # noqa: E402
+from segen_edge.bench import MIN_AGREEMENT, MIN_PSNR_DB  # noqa: E402
 from segen_edge.evaluate import find_data, held_out_pairs  # noqa: E402
 from segen_edge.files import atomic_write  # noqa: E402
 from segen_edge.generate import Generator  # noqa: E402
@@ -38,8 +38,6 @@ from segen_edge.metadata import ModelInfo  # noqa: E402
 from segen_edge.onnxmeta import read_metadata  # noqa: E402
 from segen_edge.providers import cpu_name  # noqa: E402
 from segen_edge.segment import Segmenter  # noqa: E402
-
-MIN_AGREEMENT = 0.99
 
 
 def held_out_images(info: ModelInfo, count: int) -> list[np.ndarray]:

@@ -106,6 +106,7 @@ def cold_start(open_model: Callable[[], Model], batch_size: int = 1) -> tuple[Mo
 
 
 MIN_PSNR_DB = 40.0  # a generator's precision is within budget where its images are this close to fp32's
+MIN_AGREEMENT = 0.99  # a segmenter's, where its class ids agree with fp32's on this share of pixels
 
 
 def agreement(model: Model, reference: Model, batch: np.ndarray) -> dict[str, float | None]:

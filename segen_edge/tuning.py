@@ -17,7 +17,8 @@ precision where the model's card records it within its accuracy budget on that p
 has no CPU EP rows (their choice). A file that failed its check, or a sibling precision
 nothing has checked (an int8 file some other tool wrote beside the fp32 one), is never
 timed nor picked; except a generator's, which `tune` checks itself against the fp32 file on
-seeded latents, a generator's very inputs (check_generator_siblings).
+seeded latents, a generator's very inputs, and a segmenter's, which `tune --data` checks on
+the user's own images (check_siblings).
 The record is keyed by the bytes of every file timed, onnxruntime's version and the CPU
 (cache.cache_key), so a changed model, upgrade or machine is timed afresh.
 """
@@ -35,12 +36,13 @@ from typing import Any
 import numpy as np
 
 from . import cache, zoo
-from .errors import ProviderError
+from .errors import BadInputError, ProviderError
 from .pipeline import cpu_count
 from .providers import has_bf16
 
 RECORD = "tuning.json"
-CHECK_SAMPLES = 64  # seeded latents for that check
+CHECK_SAMPLES = 64  # seeded latents for a generator's sibling check
+CHECK_IMAGES = 16  # the user's images for a segmenter's
 BLOCK = 5  # calls per turn when each call runs on several threads (the first not counted)
 SCHEMA = 1
 
@@ -252,16 +254,22 @@ def time_together(
             m.close()
 
 
-def check_generator_siblings(
-    ref: zoo.ModelRef, providers: Sequence[str], found: Sequence[Candidate], overrides: dict[str, Any]
+def check_siblings(
+    ref: zoo.ModelRef,
+    providers: Sequence[str],
+    found: Sequence[Candidate],
+    overrides: dict[str, Any],
+    images: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """A generator's sibling precisions that no card has checked on a provider, checked
-    here: their images from seeded latents (a generator's inputs are exactly those, so no
-    data set is needed) against the fp32 file's on the first provider, by bench.agreement
-    (PSNR of the 8-bit images). Those at bench.MIN_PSNR_DB or above on a provider become
-    candidates there; each entry holds the file's cache key, so a changed file is checked
-    afresh."""
-    from .bench import MIN_PSNR_DB, agreement, sample_batch
+    """The sibling precisions that no card has checked on a provider, checked here against
+    the fp32 file on the first provider: a generator's images from seeded latents (its
+    inputs are exactly those, so no data set is needed), by bench.agreement's PSNR of the
+    8-bit images (bench.MIN_PSNR_DB); a segmenter's class ids on up to CHECK_IMAGES of the
+    user's own `images` (without them a segmenter's unchecked siblings stay unchecked), by
+    the share of pixels that agree (bench.MIN_AGREEMENT). Those within budget on a provider
+    become candidates there; each entry holds the file's cache key, so a changed file is
+    checked afresh."""
+    from .bench import MIN_AGREEMENT, MIN_PSNR_DB, agreement, real_batch, sample_batch
 
     have = {(c.provider, c.file) for c in found}
     todo = [
@@ -274,30 +282,45 @@ def check_generator_siblings(
         return []
     checked: list[dict[str, Any]] = []
     with _open(Candidate(providers[0], "fp32", "fp32", ref.files["fp32"]), 1, overrides) as reference:
-        if reference.info.task != "generate":
+        generator = reference.info.task == "generate"
+        if generator:
+            batch, on = sample_batch(reference, CHECK_SAMPLES, seed=1), f"{CHECK_SAMPLES} seeded latents"
+        elif images is not None:
+            found_batch = real_batch(reference, images, CHECK_IMAGES)
+            if found_batch is None:
+                raise BadInputError(
+                    f"--data {images}: no readable images to check {ref.name}'s precisions on"
+                )
+            batch, on = found_batch, f"{len(found_batch)} images of {images}"
+        else:
             return checked
-        latents = sample_batch(reference, CHECK_SAMPLES, seed=1)
         for provider, key, path in todo:
             try:
                 model = _open(Candidate(provider, key, key, path), 1, overrides)
             except Exception:  # an engine that cannot open this file: simply not a candidate
                 continue
             with model:
-                psnr = agreement(model, reference, latents)["psnr_db"]
+                got = agreement(model, reference, batch)
+            if generator:
+                psnr = got["psnr_db"]
+                within = psnr is None or psnr >= MIN_PSNR_DB  # None: identical images
+            else:
+                within = (got["agreement"] or 0.0) >= MIN_AGREEMENT
             checked.append(
                 {
                     "provider": provider,
                     "file": key,
                     "key": cache.cache_key(path),
-                    "psnr_db": psnr,
-                    "within_budget": psnr is None or psnr >= MIN_PSNR_DB,
+                    **got,
+                    "on": on,
+                    "within_budget": within,
                 }
             )
     return checked
 
 
 def _checked(ref: zoo.ModelRef, rows: Sequence[Any]) -> list[Candidate]:
-    """The candidates a generator check (a record's "checked" rows) admitted, while their
+    """The candidates a sibling check (a record's "checked" rows) admitted, while their
     files are unchanged."""
     out = []
     for row in rows:
@@ -315,12 +338,23 @@ def tune(
     warmup: int = 3,
     overrides: dict[str, Any] | None = None,
     progress: Callable[[Timing], None] | None = None,
+    images: Path | None = None,
 ) -> tuple[list[Timing], Path | None]:
     """Time every candidate of `ref` on `providers` at each batch size and record them:
-    the timings, and the record's path (None when the cache is off)."""
+    the timings, and the record's path (None when the cache is off). `images`: a folder of
+    the user's own images, on which a segmenter's unchecked sibling precisions are checked
+    (see check_siblings)."""
     found = candidates(ref, providers)
     key = record_key(found)
-    checked = check_generator_siblings(ref, providers, found, overrides or {})
+    checked = check_siblings(ref, providers, found, overrides or {}, images)
+    redone = {(row["provider"], row["file"]) for row in checked}
+    before = _read_record().get(key) if key is not None else None
+    earlier = before.get("checked", []) if isinstance(before, dict) else []
+    checked += [  # a check made before (tune --data) stands until its file changes (see _checked)
+        row
+        for row in earlier
+        if isinstance(row, dict) and (row.get("provider"), row.get("file")) not in redone
+    ]
     found = [*found, *_checked(ref, checked)]
     timings = []
     cores = cpu_count()

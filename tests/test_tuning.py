@@ -183,6 +183,60 @@ def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
         assert len(chosen) == 1 and chosen[0]["p50_ms"] == min(r["p50_ms"] for r in at)
 
 
+def test_tune_checks_a_segmenters_unchecked_int8_on_the_users_images(tmp_path: Path) -> None:
+    """An int8 file beside the user's fp32 segmenter (another tool's, no card) is timed only
+    once `tune --data` has checked it on their images: where it agrees with fp32, not where
+    it swaps the classes."""
+    import onnx
+    from onnx import numpy_helper
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    timed = {}
+    for name, broken in (("good", False), ("bad", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        make_segmenter(folder / "s-fp32.onnx", segmenter_info())
+        int8 = make_segmenter(folder / "s-int8.onnx", segmenter_info(precision="int8"))
+        if broken:  # the class columns rotated: every pixel gets another class
+            proto = onnx.load(str(int8))
+            weight = next(t for t in proto.graph.initializer if t.name == "w")
+            weight.CopyFrom(numpy_helper.from_array(np.roll(np.eye(3, dtype=np.float32), 1, axis=1), "w"))
+            onnx.save(proto, str(int8))
+        ref = zoo.resolve(str(folder / "s-fp32.onnx"), "segment")
+        without, _ = tuning.tune(ref, ["cpu"], batches=(1,), runs=3)
+        assert {(t.provider, t.file) for t in without} == {("cpu", "fp32")}  # nothing checked it
+        timings, record = tuning.tune(ref, ["cpu"], batches=(1,), runs=3, images=photos)
+        timed[name] = {(t.provider, t.file) for t in timings}
+        assert record is not None
+        (entry,) = [e for e in json.loads(record.read_text())["models"].values() if e["model"] == ref.name]
+        (check,) = entry["checked"]
+        assert check["on"] == f"5 images of {photos}" and check["within_budget"] is (not broken)
+        assert (check["agreement"] == 1.0) is (not broken)
+        again, _ = tuning.tune(ref, ["cpu"], batches=(1,), runs=3)  # the check stands without --data
+        assert {(t.provider, t.file) for t in again} == timed[name]
+    assert ("cpu", "int8") in timed["good"]
+    assert timed["bad"] == {("cpu", "fp32")}
+
+
+def test_tune_data_must_be_a_folder_of_images(seg_model: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["tune", "-m", str(seg_model), "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "not a folder of images" in result.output
+    (tmp_path / "empty").mkdir()
+    folder = tmp_path / "fam"
+    folder.mkdir()
+    make_segmenter(folder / "s-fp32.onnx", segmenter_info())
+    make_segmenter(folder / "s-int8.onnx", segmenter_info(precision="int8"))
+    result = CliRunner().invoke(
+        app, ["tune", "-m", str(folder / "s-fp32.onnx"), "--data", str(tmp_path / "empty")]
+    )
+    assert result.exit_code != 0 and "no readable images" in str(result.exception or result.output)
+
+
 def test_tune_checks_a_generators_unchecked_int8_on_seeded_latents(tmp_path: Path) -> None:
     """A generator's sibling int8 file without a card is checked against fp32 on seeded
     latents (its very inputs) and timed only where its images match; a broken one never."""

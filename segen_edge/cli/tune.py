@@ -3,6 +3,7 @@ and record them for `--device auto` / `--precision auto` (see segen_edge/tuning.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +16,15 @@ def tune(
     model: c.ModelsOpt = None,
     batch_size: c.BatchSizesOpt = "1,8",
     runs: Annotated[int, typer.Option("--runs", min=3, max=10_000)] = 20,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Your images: a segmenter's sibling precisions that no card checked (an int8 file "
+            "beside your fp32 one) are checked on them against fp32 (>= 99% of pixels alike) and "
+            "timed if they pass.",
+        ),
+    ] = None,
     as_json: c.JsonOpt = None,
     image_size: c.ImageSizeOpt = None,
     layout: c.LayoutOpt = None,
@@ -32,7 +42,8 @@ def tune(
 
     One thread per run, as segment and generate run batches, and at batch 1 also every core
     (one call at a time, as an application runs it). Only precisions that passed
-    their agreement check on a provider (the export's card) are timed there. Afterwards
+    their agreement check on a provider (the export's card, or tune's own: a generator's on
+    seeded latents, a segmenter's on --data) are timed there. Afterwards
     --device auto and --precision auto take this machine's fastest instead of the build
     machine's figures; the record lives in the cache folder (tuning.json).
     """
@@ -41,6 +52,8 @@ def tune(
     from ..providers import cpu_providers
 
     sizes = c.batch_sizes(batch_size)
+    if data is not None and not data.is_dir():
+        raise typer.BadParameter(f"{c.printable(data)}: not a folder of images", param_hint="--data")
     overrides = c.description(
         image_size, layout, pixel_scale, pixel_offset, mean, std, class_names, output_kind, latent_size
     )
@@ -52,7 +65,7 @@ def tune(
     for spec in specs:
         ref = zoo.resolve(spec, "segment")
         c.note(f"segen-edge: tune {ref.name} on {', '.join(providers)}")
-        timings, record = tuning.tune(ref, providers, sizes, runs, overrides=overrides)
+        timings, record = tuning.tune(ref, providers, sizes, runs, overrides=overrides, images=data)
         if record is None:
             c.err(f"{ref.name}: the cache is off ($SEGEN_EDGE_CACHE), so nothing was recorded")
         for batch, threads in sorted({(t.batch, t.threads) for t in timings}):
