@@ -84,6 +84,18 @@ class ModelRef:
             return Choice("int8", self.variants[OPENVINO_INT8])
         return Choice(*self._pick_file(precision, provider))
 
+    def recorded(self, key: str) -> Any:
+        """One value of the model's segen metadata (e.g. "mode"), from its first file that
+        has it, without opening a session; None where none does."""
+        for path in [*self.files.values(), *self.variants.values()]:
+            try:
+                raw = read_metadata(path).get(f"segen.{key}")
+                if raw is not None:
+                    return json.loads(raw)
+            except (ModelError, ValueError):
+                continue
+        return None
+
     def measurements(self) -> dict[str, Any]:
         """The export's per-provider figures from the card of this model's files."""
         for path in [*self.files.values(), *self.variants.values()]:

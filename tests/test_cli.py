@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, PALETTE, solid
+from conftest import CLASSES, PALETTE, make_segmenter, segmenter_info, solid
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -108,6 +108,10 @@ def test_verbose_says_what_runs_where_and_why(seg_model: Path, photo_dir: Path, 
     assert code == 0, stderr
     expected = max(1, cores // 3)
     assert f"on cpu, {expected} thread{'s' if expected > 1 else ''} per run" in stderr
+    tiled = make_segmenter(tmp_path / "tiled-fp32.onnx", segmenter_info(mode="tile", tile_size=(8, 8)))
+    code, _, stderr = run("segment", red, "-m", str(tiled), "-o", str(tmp_path / "d"), "-v", "-d", "cpu")
+    assert code == 0, stderr  # one photo, but windows enough for every lane: one thread each
+    assert "running tiled-fp32.onnx on cpu, 1 thread per run" in stderr
 
 
 def test_segment_save_kinds_and_summary(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:

@@ -105,6 +105,7 @@ def segment(
 ) -> None:
     """Segment images; write class-id masks (and colour masks, overlays, cutouts, ...)."""
     c.setup(quiet, verbose)
+    from .. import zoo
     from ..jobs import SaveOptions, iter_segment_files, plan_segment_files
     from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
@@ -150,7 +151,9 @@ def segment(
     if not plan.total:
         where = " ".join(c.printable(i) for i in inputs)
         raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
-    threads = batch_threads(threads, runs=-(-plan.total // batch_size))  # resize mode's runs
+    # a job of fewer runs than cores shares them; a tiled one has windows enough for every lane
+    tiled = (mode.value if mode else zoo.resolve(model, "segment").recorded("mode")) == "tile"
+    threads = batch_threads(threads, runs=None if tiled else -(-plan.total // batch_size))
     segmenter = c.open_model(model, "segment", device, precision, threads, overrides, batch_size)
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
