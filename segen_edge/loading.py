@@ -324,7 +324,8 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
             else:
                 raise MetadataError(
                     f"{label}: no segen.* metadata and its height and width are dynamic; pass "
-                    "--image-size HEIGHT WIDTH (the size it was trained at), or --mode native"
+                    "--image-size HEIGHT WIDTH (the size it was trained at; image_size=(h, w) in Python), or "
+                    "segment / evaluate it at each image's own size with --mode native"
                 )
         if "layout" not in inferred and "layout" not in overrides:
             raise MetadataError(
