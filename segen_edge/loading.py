@@ -204,7 +204,27 @@ def _read(
         return bytes(source), "<bytes>", precision == "bf16", device
     ref = zoo.resolve(None if source is None else os.fspath(source), task or "segment")
     provider = probe_provider(device)
-    engines = cpu_providers() if provider == "cpu-auto" else [provider]
+    if provider != "cpu-auto":
+        return _settle(ref, device, provider, [provider], precision, batch_size, threads)
+    # OpenVINO's runtime is listed when installed, and imported (~0.2 s) only where auto
+    # would take it: a run that ends on onnxruntime never pays for it
+    engines = cpu_providers(confirmed=False)
+    while True:
+        settled = _settle(ref, device, provider, engines, precision, batch_size, threads)
+        if settled[3] is not Device.openvino_runtime or _openvino_usable():
+            return settled
+        engines.remove("openvino-runtime")  # installed but broken: as if it were not there
+
+
+def _settle(
+    ref: zoo.ModelRef,
+    device: Device,
+    provider: str,
+    engines: list[str],
+    precision: str,
+    batch_size: int,
+    threads: int | None,
+) -> tuple[bytes, str, bool, Device]:
     tuned = _tuned(ref, device, engines, precision, batch_size, threads)
     if tuned is not None:
         log.info("%s: %s %s, the fastest `segen-edge tune` timed here", ref.name, *tuned[:2])
@@ -222,12 +242,18 @@ def _read(
 def _why(choice: zoo.Choice, provider: str, batch_size: int) -> str:
     """What auto chose on `provider`, and from what (for --verbose)."""
     if choice.latency_ms is None:
-        return f"the {choice.precision} file on {provider} (no measurements for it: the float file)"
+        return f"the {choice.precision} file on {provider} (the model's card has no figures for it there)"
     return (
         f"the {choice.precision} file on {provider}, the fastest within its accuracy budget in the "
         f"model's measurements ({choice.latency_ms:.3g} ms at the batch nearest {batch_size}; "
         "`segen-edge tune` times it on this machine)"
     )
+
+
+def _openvino_usable() -> bool:
+    from . import openvino_runtime
+
+    return openvino_runtime.available()
 
 
 def _tuned(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import os
 import threading
@@ -51,6 +52,12 @@ def openvino() -> Any:
             "openvino beside the cpu extra)"
         ) from None
     return ov
+
+
+def installed() -> bool:
+    """Whether the openvino package is installed, without importing it (~0.2 s): enough to
+    list it as an engine auto may choose; available() confirms it before it runs."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,26 @@ class ModelRef:
             if measured is not None:
                 return measured
         if precision == "int8" and provider == "openvino" and OPENVINO_INT8 in self.variants:
-            return Choice("int8", self.variants[OPENVINO_INT8])
-        return Choice(*self._pick_file(precision, provider))
+            chosen = Choice("int8", self.variants[OPENVINO_INT8])
+        else:
+            chosen = Choice(*self._pick_file(precision, provider))
+        # a precision or file the user fixed: still timed per engine in the card, so auto can
+        # pick the engine it runs fastest on (never one where it failed its check)
+        return replace(chosen, latency_ms=self._measured_ms(provider, chosen.path, batch))
+
+    def _measured_ms(self, provider: str, path: Path, batch: int) -> float | None:
+        """The export's latency for the file at `path` on `provider`, at the measured batch
+        nearest `batch`, where it passed its agreement check there; else None."""
+        named = {**self.files, **self.variants}
+        keys = {key for key, p in named.items() if p == path}
+        rows = self.measurements().get(provider, {}).get("precisions", {})
+        for precision, row in rows.items():
+            if not isinstance(row, dict) or row.get("bf16") or str(row.get("file", precision)) not in keys:
+                continue
+            timings = row.get("latency_ms") or {}
+            if row.get("within_budget") is True and timings:
+                return float(timings[min(timings, key=lambda b: abs(int(b) - batch))])
+        return None
 
     def recorded(self, key: str) -> Any:
         """One value of the model's segen metadata (e.g. "mode"), from its first file that

@@ -69,3 +69,67 @@ def test_unmeasured_openvino_runtime_is_not_a_guess(tmp_path: Path) -> None:
     # OpenVINO's runtime alone (no onnxruntime): it is the engine there is
     assert _auto_cpu_provider(_ref(tmp_path, None), ["openvino-runtime"], "auto", 1) == "openvino-runtime"
     assert _ref(tmp_path, None).choose("auto", "openvino-runtime", 1).precision == "fp32"
+
+
+def _openvino_runtime_fastest() -> dict[str, Any]:
+    return {
+        "cpu": {"precisions": {"fp32": _row(6, 40)}},
+        "openvino-runtime": {"precisions": {"fp32": _row(3, 20)}},
+    }
+
+
+def test_a_run_that_ends_on_the_cpu_ep_never_imports_openvino(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pytest
+
+    from segen_edge import openvino_runtime
+
+    if not openvino_runtime.installed():
+        pytest.skip("needs the openvino package installed to show it is not imported")
+    cpu_fastest = {
+        "cpu": {"precisions": {"fp32": _row(3, 20)}},
+        "openvino-runtime": {"precisions": {"fp32": _row(6, 40)}},
+    }
+    for name, providers, imported in (("cpu", cpu_fastest, False), ("ov", _openvino_runtime_fastest(), True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        _ref(folder, providers)
+        code = (
+            "import sys, segen_edge; "
+            f"m = segen_edge.load({str(folder / 'm-fp32.onnx')!r}, batch_size=1); "
+            "print(m.provider, 'openvino' in sys.modules)"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["openvino-runtime" if imported else "cpu", str(imported)]
+
+
+def test_an_installed_but_broken_openvino_is_passed_over(tmp_path: Path, monkeypatch) -> None:
+    from segen_edge import loading, openvino_runtime
+
+    monkeypatch.setattr(openvino_runtime, "installed", lambda: True)
+    monkeypatch.setattr(openvino_runtime, "available", lambda: False)
+    _ref(tmp_path, _openvino_runtime_fastest())
+    model = loading.load(str(tmp_path / "m-fp32.onnx"), batch_size=1)
+    assert model.provider == "cpu"
+
+
+def test_a_file_or_precision_the_user_fixed_still_runs_where_it_is_fastest(tmp_path: Path) -> None:
+    """`-m path/m-int8.onnx` or `-p int8` fixes the file, not the engine: auto takes the
+    engine the card times that very file fastest on, among those where it passed its check."""
+    providers = {
+        "cpu": {"precisions": {"fp32": _row(3, 20), "int8": _row(6, 40, file="int8")}},
+        "openvino-runtime": {"precisions": {"fp32": _row(5, 30), "int8": _row(4, 25, file="int8")}},
+    }
+    ref = _ref(tmp_path, providers)
+    assert _auto_cpu_provider(ref, ALL, "auto", 1) == "cpu"  # free to choose: fp32 on the CPU EP
+    assert _auto_cpu_provider(ref, ALL, "int8", 1) == "openvino-runtime"
+    named = zoo.resolve(str(tmp_path / "m-int8.onnx"), "segment")
+    assert _auto_cpu_provider(named, ALL, "auto", 1) == "openvino-runtime"
+    assert named.choose("auto", "openvino-runtime", 1).latency_ms == 4
+    providers["openvino-runtime"]["precisions"]["int8"]["within_budget"] = False  # broken there
+    ref = _ref(tmp_path, providers)
+    assert _auto_cpu_provider(ref, ALL, "int8", 1) == "cpu"
+    assert _auto_cpu_provider(zoo.resolve(str(tmp_path / "m-int8.onnx"), "segment"), ALL, "auto", 1) == "cpu"
