@@ -10,13 +10,16 @@ card's held-out images, run the way `segment` runs them. A precision below 99% p
 agreement (generators: PSNR under 40 dB) is recorded as over budget there, and
 `--precision auto` (segen_edge.zoo) never picks it on that provider; `--device auto` takes
 the provider whose best measured precision is fastest. Only the cards' `export.providers`
-entries change; graphs and weights stay byte for byte.
+entries change; graphs and weights stay byte for byte. Each file's cold start on each
+provider (a one-photo job's: engine import, session, first run; `cold_ms`) is recorded too,
+so that `auto` can weigh it in a short job; `--cold-only` adds just that to the cards.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,49 @@ def quality(model: Any, reference: Any, images: list[np.ndarray], latents: np.nd
     return {"metrics": {"psnr_db": psnr}, "within_budget": psnr is None or psnr >= MIN_PSNR_DB}
 
 
+COLD_RUNS = 3  # fresh processes timed per provider and file, after one that warms the caches
+
+COLD_SCRIPT = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+start = time.perf_counter()
+from segen_edge.loading import load
+from segen_edge.pipeline import cpu_count
+model = load({path!r}, device={provider!r}, threads=cpu_count())
+if model.info.task == "segment":
+    model.segment(np.zeros((*model.info.image_size, model.info.channels), np.uint8))
+else:
+    model.generate(1, seed=0)
+print((time.perf_counter() - start) * 1e3)
+"""
+
+
+def cold_ms(path: Path, provider: str) -> float:
+    """A one-photo job's cold start of `path` on `provider`, as `segment photo.jpg` pays it:
+    the engine's import, the session (from the warm cache) and the first run on every core,
+    in a fresh process (numpy and the interpreter excluded: every engine pays those alike).
+    The median of COLD_RUNS processes after one that warms the caches."""
+    code = COLD_SCRIPT.format(root=str(ROOT), path=str(path), provider=provider)
+    times = []
+    for _ in range(COLD_RUNS + 1):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        times.append(float(done.stdout.split()[-1]))
+    return round(float(np.median(times[1:])), 1)
+
+
+def measure_cold(ref: zoo.ModelRef, providers: dict[str, Any]) -> dict[str, Any]:
+    """`providers` (a card's export.providers) with each measured file's cold start added
+    on every provider here."""
+    for provider in providers_here():
+        for precision, row in providers.get(provider, {}).get("precisions", {}).items():
+            path = ref.files.get(str(row.get("file", precision)))
+            if path is not None and not row.get("bf16"):
+                row["cold_ms"] = cold_ms(path, provider)
+                print(f"{ref.name:>14} {provider:>16} {precision:>5}: cold start {row['cold_ms']} ms")
+    return providers
+
+
 def measure(ref: zoo.ModelRef, images_count: int, runs: int) -> dict[str, Any]:
     fp32_path = ref.files["fp32"]
     info = ModelInfo.from_props(read_metadata(fp32_path), source=str(fp32_path))
@@ -84,6 +130,8 @@ def measure(ref: zoo.ModelRef, images_count: int, runs: int) -> dict[str, Any]:
                 sample = latents[:1].repeat(batch, axis=0)
             for precision, ms in latency(models, sample, runs).items():
                 rows[precision].setdefault("latency_ms", {})[str(batch)] = ms
+        for precision, row in rows.items():
+            row["cold_ms"] = cold_ms(ref.files[precision], provider)
         out[provider] = {"precisions": rows, "batches": [1, 8], "threads": 1, "runs": runs, "cpu": cpu_name(),
                          "measured_by": "scripts/measure_providers.py"}  # fmt: skip
         for precision, row in rows.items():
@@ -111,6 +159,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--dry-run", action="store_true", help="print, do not write the cards")
+    parser.add_argument(
+        "--cold-only", action="store_true", help="only add cold starts to the figures the cards hold"
+    )
     args = parser.parse_args()
     bundled = zoo.bundled_models()
     for name in args.models or list(bundled):
@@ -118,7 +169,10 @@ def main() -> None:
         if "fp32" not in ref.files:
             print(f"{name}: no fp32 file to measure agreement against; skipped")
             continue
-        providers = measure(ref, args.images, args.runs)
+        if args.cold_only:
+            providers = measure_cold(ref, ref.measurements())
+        else:
+            providers = measure(ref, args.images, args.runs)
         if not args.dry_run:
             for path in ref.files.values():
                 record(path, providers)

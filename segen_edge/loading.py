@@ -35,6 +35,7 @@ from .session import Device, LoadedSession, create_session
 log = logging.getLogger("segen_edge")
 
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "int8", "bf16")
+FEW_RUNS = 64  # a job of at most this many runs: auto weighs cold starts (see _for_job)
 Source = str | os.PathLike[str] | bytes
 
 # What `overrides` may describe (the same names as the CLI's description flags).
@@ -69,6 +70,7 @@ def load(
     task: str | None = None,
     batch_size: int = 1,
     streams: int | None = None,
+    runs: int | None = None,
     **overrides: Any,
 ) -> Segmenter | Generator:
     """Load a model: a Segmenter or a Generator, by the model's task.
@@ -82,7 +84,9 @@ def load(
     precision="auto" takes the file the export measured fastest on the provider the device
     gets, at the measured batch nearest `batch_size`, among those within their accuracy
     budget there; "bf16" runs the fp32 file in bfloat16 under OpenVINO where the CPU has
-    it. `streams`: OpenVINO streams for batch jobs.
+    it. `streams`: OpenVINO streams for batch jobs. `runs`: how many runs the job will make,
+    where known: for a short job (one photo) `auto` weighs each engine's cold start, where
+    the card records them, against what its faster runs save.
 
     >>> import segen_edge
     >>> with segen_edge.load("unet-pets") as model:
@@ -98,7 +102,7 @@ def load(
             f"load() got unknown description {', '.join(unknown)}; known: {', '.join(OVERRIDE_KEYS)}"
         )
     given = {k: v for k, v in overrides.items() if v is not None}
-    data, label, bf16, device_ = _read(source, task, precision, device_, batch_size, threads)
+    data, label, bf16, device_ = _read(source, task, precision, device_, batch_size, threads, runs)
     graph = summarize(data, label)
     info = describe(graph, given, label)
     if task is not None and info.task != task:
@@ -197,6 +201,7 @@ def _read(
     device: Device,
     batch_size: int,
     threads: int | None = None,
+    runs: int | None = None,
 ) -> tuple[bytes, str, bool, Device]:
     """The model's bytes, a label for messages (its path), whether to run it in bf16, and
     the device to open it on (for `auto`, settled here from measurements)."""
@@ -208,7 +213,7 @@ def _read(
         return _settle(ref, device, provider, [provider], precision, batch_size, threads)
     # OpenVINO's runtime is listed when installed, and imported (~0.2 s) only where auto
     # would take it: a run that ends on onnxruntime never pays for it
-    engines = cpu_providers(confirmed=False)
+    engines = _for_job(ref, cpu_providers(confirmed=False), precision, batch_size, runs)
     while True:
         settled = _settle(ref, device, provider, engines, precision, batch_size, threads)
         if settled[3] is not Device.openvino_runtime or _openvino_usable():
@@ -248,6 +253,31 @@ def _why(choice: zoo.Choice, provider: str, batch_size: int) -> str:
         f"model's measurements ({choice.latency_ms:.3g} ms at the batch nearest {batch_size}; "
         "`segen-edge tune` times it on this machine)"
     )
+
+
+def _for_job(
+    ref: zoo.ModelRef, engines: list[str], precision: str, batch_size: int, runs: int | None
+) -> list[str]:
+    """For a job of a few `runs` (one photo), the one engine whose cold start plus `runs`
+    runs the card measures shortest, where it records every engine's cold start (OpenVINO's
+    import and compilation can cost more than its faster runs save in a short job); else
+    `engines`, for auto to choose by run time alone (and by this machine's `tune` record,
+    which holds no cold starts: beyond FEW_RUNS runs cold start is noise beside it)."""
+    if runs is None or runs > FEW_RUNS or len(engines) < 2:
+        return engines
+    costs = {}
+    for engine in engines:
+        choice = ref.choose(precision, engine, batch_size)
+        if choice.latency_ms is None or choice.cold_ms is None:
+            return engines
+        costs[engine] = choice.cold_ms + runs * choice.latency_ms
+    fastest = min(costs, key=lambda e: costs[e])
+    log.info(
+        "%s: %s for a job of %d run%s (cold start + runs, by the model's measurements: %s)",
+        ref.name, fastest, runs, "s" if runs != 1 else "",
+        ", ".join(f"{e} {ms:.0f} ms" for e, ms in costs.items()),
+    )  # fmt: skip
+    return [fastest]
 
 
 def _openvino_usable() -> bool:

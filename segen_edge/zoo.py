@@ -45,6 +45,7 @@ class Choice:
     path: Path
     bf16: bool = False
     latency_ms: float | None = None  # as the export measured it on this provider, if it did
+    cold_ms: float | None = None  # its cold start there (session and first run), if measured
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,13 @@ class ModelRef:
             chosen = Choice(*self._pick_file(precision, provider))
         # a precision or file the user fixed: still timed per engine in the card, so auto can
         # pick the engine it runs fastest on (never one where it failed its check)
-        return replace(chosen, latency_ms=self._measured_ms(provider, chosen.path, batch))
+        ms, cold = self._measured(provider, chosen.path, batch)
+        return replace(chosen, latency_ms=ms, cold_ms=cold)
 
-    def _measured_ms(self, provider: str, path: Path, batch: int) -> float | None:
-        """The export's latency for the file at `path` on `provider`, at the measured batch
-        nearest `batch`, where it passed its agreement check there; else None."""
+    def _measured(self, provider: str, path: Path, batch: int) -> tuple[float | None, float | None]:
+        """The export's latency for the file at `path` on `provider` (at the measured batch
+        nearest `batch`) and its cold start there, where it passed its agreement check
+        there; else (None, None)."""
         named = {**self.files, **self.variants}
         keys = {key for key, p in named.items() if p == path}
         rows = self.measurements().get(provider, {}).get("precisions", {})
@@ -99,8 +102,8 @@ class ModelRef:
                 continue
             timings = row.get("latency_ms") or {}
             if row.get("within_budget") is True and timings:
-                return float(timings[min(timings, key=lambda b: abs(int(b) - batch))])
-        return None
+                return float(timings[min(timings, key=lambda b: abs(int(b) - batch))]), _cold(row)
+        return None, None
 
     def recorded(self, key: str) -> Any:
         """One value of the model's segen metadata (e.g. "mode"), from its first file that
@@ -145,7 +148,7 @@ class ModelRef:
             ms = float(timings[nearest])
             shown = "bf16" if bf16 else file.split(".")[0]
             if best is None or ms < best[0]:
-                best = (ms, Choice(shown, path, bf16, ms))
+                best = (ms, Choice(shown, path, bf16, ms, _cold(row)))
         return best[1] if best else None
 
     def _pick_file(self, precision: str, provider: str) -> tuple[str, Path]:
@@ -166,6 +169,11 @@ class ModelRef:
                 f"use --precision auto or one of: {have}"
             )
         return precision, self.files[precision]
+
+
+def _cold(row: dict[str, Any]) -> float | None:
+    value = row.get("cold_ms")
+    return float(value) if isinstance(value, (int, float)) and value >= 0 else None
 
 
 def bundled_models(folder: Path = BUNDLED_DIR) -> dict[str, ModelRef]:

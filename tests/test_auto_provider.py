@@ -133,3 +133,26 @@ def test_a_file_or_precision_the_user_fixed_still_runs_where_it_is_fastest(tmp_p
     ref = _ref(tmp_path, providers)
     assert _auto_cpu_provider(ref, ALL, "int8", 1) == "cpu"
     assert _auto_cpu_provider(zoo.resolve(str(tmp_path / "m-int8.onnx"), "segment"), ALL, "auto", 1) == "cpu"
+
+
+def test_a_short_job_weighs_each_engines_cold_start(tmp_path: Path) -> None:
+    """One photo: OpenVINO's faster runs do not pay for its slower start; a long job's do."""
+    from segen_edge import loading
+
+    def row(ms: float, cold: float | None) -> dict[str, Any]:
+        return {**_row(ms, ms), **({"cold_ms": cold} if cold is not None else {})}
+
+    providers = {
+        "cpu": {"precisions": {"fp32": row(10, 300)}},
+        "openvino-runtime": {"precisions": {"fp32": row(5, 600)}},
+    }
+    ref = _ref(tmp_path, providers)
+    engines = ["cpu", "openvino-runtime"]
+    assert loading._for_job(ref, engines, "auto", 1, runs=1) == ["cpu"]  # 310 against 605 ms
+    assert loading._for_job(ref, engines, "auto", 1, runs=64) == ["openvino-runtime"]  # 940 / 920
+    assert loading._for_job(ref, engines, "auto", 1, runs=None) == engines  # a job of unknown length
+    assert loading._for_job(ref, engines, "auto", 1, runs=loading.FEW_RUNS + 1) == engines
+    model = loading.load(str(tmp_path / "m-fp32.onnx"), runs=1)
+    assert model.provider == "cpu"
+    providers["openvino-runtime"]["precisions"]["fp32"].pop("cold_ms")  # not measured there
+    assert loading._for_job(_ref(tmp_path, providers), engines, "auto", 1, runs=1) == engines

@@ -213,13 +213,15 @@ def open_model(
     threads: int | None,
     overrides: dict[str, Any] | None = None,
     batch_size: int = 1,
+    runs: int | None = None,
 ) -> Model:
-    """load() with the CLI's options; `batch_size` lets precision auto pick for that batch."""
+    """load() with the CLI's options; `batch_size` lets precision auto pick for that batch,
+    `runs` (a short job's) lets auto weigh cold starts."""
     from ..loading import load
 
     return load(
         spec, device=device.value, precision=precision.value, threads=threads, task=task,
-        batch_size=batch_size, **(overrides or {}),
+        batch_size=batch_size, runs=runs, **(overrides or {}),
     )  # fmt: skip
 
 

@@ -75,8 +75,11 @@ def generate(
         check_writable_file(grid, "--grid", ".png")
         _check_grid_target(grid, overwrite)
     overrides = c.description(image_size, layout, pixel_scale, pixel_offset, latent_size=latent_size)
-    threads = batch_threads(threads, runs=-(-n // batch_size))
-    generator = c.open_model(model, "generate", device, precision, threads, overrides, batch_size)
+    runs = -(-n // batch_size)
+    threads = batch_threads(threads, runs)
+    generator = c.open_model(
+        model, "generate", device, precision, threads, overrides, min(batch_size, n), runs=runs
+    )  # fmt: skip
     assert isinstance(generator, Generator)
     generator.check_code(code)
     if grid is not None:

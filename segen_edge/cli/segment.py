@@ -151,10 +151,13 @@ def segment(
     if not plan.total:
         where = " ".join(c.printable(i) for i in inputs)
         raise SegenError(f"no images found in {where}; pass --recursive for subfolders")
-    # a job of fewer runs than cores shares them; a tiled one has windows enough for every lane
-    tiled = (mode.value if mode else zoo.resolve(model, "segment").recorded("mode")) == "tile"
-    threads = batch_threads(threads, runs=None if tiled else -(-plan.total // batch_size))
-    segmenter = c.open_model(model, "segment", device, precision, threads, overrides, batch_size)
+    # a short job's runs share the cores, and auto weighs cold starts for it (see _runs)
+    ref = zoo.resolve(model, "segment")
+    run_mode = mode.value if mode else ref.recorded("mode") or "resize"
+    runs = None if engine is Engine.ray else _runs(plan, run_mode, batch_size, ref, overlap)
+    threads = batch_threads(threads, runs)
+    batch = min(batch_size, plan.total) if run_mode == "resize" else batch_size  # what a run holds
+    segmenter = c.open_model(model, "segment", device, precision, threads, overrides, batch, runs=runs)
     assert isinstance(segmenter, Segmenter)
     SaveOptions(kinds, alpha, kept).checked(segmenter.class_names)
     settings = segmenter.settings(
@@ -217,3 +220,32 @@ def segment(
     c.note(f"segen-edge: {done}; outputs in {c.printable(out)}")
     if counts["failed"]:
         raise typer.Exit(1)
+
+
+def _runs(plan: Any, mode: str, batch_size: int, ref: Any, overlap: float | None) -> int | None:
+    """How many model runs a short job makes (at most loading.FEW_RUNS), else None: one per
+    batch of images in resize mode, one per image in native mode, one per batch of each
+    image's windows in tile mode (the sizes read from the files' headers)."""
+    from PIL import Image
+
+    from ..loading import FEW_RUNS
+    from ..tiling import tile_grid
+
+    if mode != "tile":
+        runs = -(-plan.total // batch_size) if mode == "resize" else plan.total
+        return runs if runs <= FEW_RUNS else None
+    tile, recorded = ref.recorded("tile_size"), ref.recorded("overlap")
+    if plan.total > FEW_RUNS or not tile:
+        return None
+    share = overlap if overlap is not None else recorded if recorded is not None else 0.25
+    runs = 0
+    for entry in plan.entries:
+        try:
+            with Image.open(getattr(entry, "source", entry).path) as image:
+                width, height = image.size
+            runs += -(-tile_grid((height, width), tuple(tile), share).count // batch_size)
+        except Exception:  # unreadable here: the job reports it; the count is only a hint
+            continue
+        if runs > FEW_RUNS:
+            return None
+    return runs or None
