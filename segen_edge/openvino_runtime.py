@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -73,9 +72,11 @@ def available() -> bool:
 def version() -> str | None:
     """The installed openvino package's version, read from its metadata: importing
     openvino costs ~0.2 s, which a run on onnxruntime (whose cache keys name it) need not pay."""
+    from importlib import metadata  # ~50 ms to import: only where a cache key is made
+
     try:
-        return importlib.metadata.version("openvino")
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
         return None
 
 
