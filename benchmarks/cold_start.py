@@ -33,39 +33,11 @@ PHOTOS = ROOT.parent / "shared" / "data" / "pets" / "images"
 
 
 def command(model: str, device: str, image: Path, out: Path) -> list[str]:
-    verb = zoo.resolve(model, "segment").recorded("task") or "segment"
-    cli = [sys.executable, "-m", "segen_edge.cli"]
-    if verb == "generate":
-        return [
-            *cli,
-            "generate",
-            "-n",
-            "1",
-            "--seed",
-            "0",
-            "-m",
-            model,
-            "-d",
-            device,
-            "-o",
-            str(out),
-            "--overwrite",
-            "-q",
-        ]
-    return [
-        *cli,
-        "segment",
-        str(image),
-        "-m",
-        model,
-        "-d",
-        device,
-        "-o",
-        str(out),
-        "--overwrite",
-        "-q",
-        "--no-list",
-    ]
+    """The CLI call of a one-image job: `generate -n 1` for a generator, else `segment`."""
+    common = ["-m", model, "-d", device, "-o", str(out), "--overwrite", "-q"]
+    if zoo.resolve(model, "segment").recorded("task") == "generate":
+        return [sys.executable, "-m", "segen_edge.cli", "generate", "-n", "1", "--seed", "0", *common]
+    return [sys.executable, "-m", "segen_edge.cli", "segment", str(image), *common, "--no-list"]
 
 
 def run_ms(args: list[str]) -> float:
