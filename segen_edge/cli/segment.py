@@ -5,13 +5,17 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import SegenError
 from ..session import Device
 from . import common as c
+
+if TYPE_CHECKING:
+    from ..plan import OutputPlan
+    from ..zoo import ModelRef
 
 
 class Engine(str, enum.Enum):
@@ -222,12 +226,13 @@ def segment(
         raise typer.Exit(1)
 
 
-def _runs(plan: Any, mode: str, batch_size: int, ref: Any, overlap: float | None) -> int | None:
+def _runs(plan: OutputPlan, mode: str, batch_size: int, ref: ModelRef, overlap: float | None) -> int | None:
     """How many model runs a short job makes (at most loading.FEW_RUNS), else None: one per
     batch of images in resize mode, one per image in native mode, one per batch of each
     image's windows in tile mode (the sizes read from the files' headers)."""
     from PIL import Image
 
+    from ..files import Source
     from ..loading import FEW_RUNS
     from ..tiling import tile_grid
 
@@ -240,8 +245,9 @@ def _runs(plan: Any, mode: str, batch_size: int, ref: Any, overlap: float | None
     share = overlap if overlap is not None else recorded if recorded is not None else 0.25
     runs = 0
     for entry in plan.entries:
+        source = entry if isinstance(entry, Source) else entry.source
         try:
-            with Image.open(getattr(entry, "source", entry).path) as image:
+            with Image.open(source.path) as image:
                 width, height = image.size
             runs += -(-tile_grid((height, width), tuple(tile), share).count // batch_size)
         except Exception:  # unreadable here: the job reports it; the count is only a hint
