@@ -282,6 +282,8 @@ def infer_description(graph: GraphSummary) -> dict[str, Any]:
     if len(shape) != 4:
         return found
     found["task"] = "segment"
+    if graph.inputs[0].dtype == "uint8":
+        found["pixel_scale"] = 1.0  # its preprocessing is inside the graph: it takes the pixels
     c_first, c_last = _fixed(shape[1]), _fixed(shape[3])
     if c_first in (1, 3) and c_last not in (1, 3):
         layout = "NCHW"
@@ -299,7 +301,10 @@ def infer_description(graph: GraphSummary) -> dict[str, Any]:
             found["fixed_size"] = True
     if graph.outputs and len(graph.outputs[0].shape) == 4 and layout:
         out = graph.outputs[0].shape
-        classes = _fixed(out[1] if layout == "NCHW" else out[3])
+        first, last = _fixed(out[1]), _fixed(out[3])
+        classes = first if layout == "NCHW" else last
+        if classes is None and (first is None) != (last is None):  # the other axis is the fixed one
+            classes = first or last
         if classes and found["output"] != "ids":
             found["classes"] = classes
     return found

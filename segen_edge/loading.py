@@ -25,7 +25,7 @@ from .generate import Generator
 from .graph import GraphSummary, infer_description, summarize
 from .masks import default_palette
 from .metadata import LAYOUTS, MODES, OUTPUTS, PREFIX, ModelInfo
-from .model import Model
+from .model import Model, feed_type
 from .onnxmeta import read_model_bytes
 from .pipeline import cpu_count
 from .providers import CPU_ENGINES, cpu_providers, cuda_available
@@ -369,7 +369,7 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
         "name": stem,
         "precision": inferred.get("precision", "fp32"),
     }
-    for key in ("layout", "channels", "image_size", "latent_size", "output"):
+    for key in ("layout", "channels", "image_size", "latent_size", "output", "pixel_scale"):
         if key in inferred:
             data[key] = inferred[key]
     assumed = []
@@ -407,7 +407,8 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
         data["pixel_scale"], data["pixel_offset"] = 1 / 127.5, -1.0  # tanh outputs, as DCGANs end
         if not {"pixel_scale", "mean"} & set(overrides):
             assumed.append("outputs in [-1, 1] (tanh)")
-    if task == "segment" and not {"pixel_scale", "pixel_offset", "mean", "std"} & set(overrides):
+    scaling = {"pixel_scale", "pixel_offset", "mean", "std"}
+    if task == "segment" and not scaling & set(overrides) and "pixel_scale" not in inferred:
         assumed.append("pixels scaled to [0, 1]")
     if assumed:
         log.warning(
@@ -481,7 +482,8 @@ def _complete(
         else (1, *info.image_size, info.channels)
     )
     try:
-        out = loaded.session.run([loaded.output_name], {loaded.input_name: np.zeros(shape, np.float32)})[0]
+        blank = np.zeros(shape, feed_type(loaded.session.get_inputs()[0].type))
+        out = loaded.session.run([loaded.output_name], {loaded.input_name: blank})[0]
     except Exception as exc:  # onnxruntime's own exception types
         raise ModelError(
             f"{label}: could not run the model on a blank {list(shape)} input ({str(exc).strip()[:160]}); "
@@ -491,13 +493,26 @@ def _complete(
         if named:
             return info
         raise MetadataError(f"{label}: the model returns class ids; pass --class-names (one per class)")
-    count = int(out.shape[1] if info.layout == "NCHW" else out.shape[3])
+    count = _class_count(out.shape, info.layout, info.image_size)
     if named:
         _check_class_count(info.to_dict(), count, label)
         return info
     names = tuple(f"class{i}" for i in range(count))
     log.warning("%s: no class names; assumed %s (pass --class-names)", label, ", ".join(names))
     return info.replace(class_names=names, palette=default_palette(count))
+
+
+def _class_count(shape: tuple[int, ...], layout: str, size: tuple[int, int]) -> int:
+    """The class axis of a 4-d output from a run on an image of `size`: the axis beside the
+    two that hold the image's height and width, where only one layout fits (an NHWC graph
+    can return NCHW, as some converters make); else as the input's layout says."""
+    channels_last = tuple(shape[1:3]) == tuple(size)
+    channels_first = tuple(shape[2:4]) == tuple(size)
+    if channels_first and not channels_last:
+        return int(shape[1])
+    if channels_last and not channels_first:
+        return int(shape[3])
+    return int(shape[1] if layout == "NCHW" else shape[3])
 
 
 def _check_io(loaded: LoadedSession, info: ModelInfo, label: str) -> None:

@@ -94,10 +94,18 @@ class Model:
         """(output names, input name), asked of the session once, not on every run."""
         return [self.loaded.output_name], self.loaded.input_name
 
+    @functools.cached_property
+    def _feed_type(self) -> np.dtype[Any]:
+        """The numpy type the graph's input takes: float32 unless it says otherwise (a
+        graph with its preprocessing inside takes uint8 pixels; an fp16 one float16)."""
+        return feed_type(self._session.get_inputs()[0].type)
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         loaded = self.loaded
         session = self._session
         outputs, feed = self._names
+        if batch.dtype != self._feed_type:
+            batch = as_feed(batch, self._feed_type)
         try:
             out = session.run(outputs, {feed: batch})[0]
         except Exception as exc:  # onnxruntime's own exception types; never a traceback
@@ -115,3 +123,26 @@ class Model:
                 f"{len(batch)}; expected the batch on the first axis"
             )
         return out
+
+
+FEED_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+def feed_type(onnx_type: str) -> np.dtype[Any]:
+    """numpy's type for an input of onnxruntime's `onnx_type` ("tensor(uint8)"), float32 for
+    any other."""
+    return np.dtype(FEED_TYPES.get(onnx_type, np.float32))
+
+
+def as_feed(batch: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """`batch` in `dtype`: integers rounded and clipped to the type's range, floats cast."""
+    if np.issubdtype(dtype, np.integer):
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(batch), limits.min, limits.max).astype(dtype)
+    return np.ascontiguousarray(batch, dtype=dtype)

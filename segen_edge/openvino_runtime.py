@@ -130,6 +130,9 @@ class RuntimeSession:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._inputs, self._outputs = self._ports()
+        self._feed_type = (
+            np.dtype(_NUMPY.get(self._inputs[0].type, np.float32)) if self._inputs else np.float32
+        )
         self._output_index = {p.name: i for i, p in enumerate(self._outputs)}
         if len(self._inputs) != 1:
             raise ValueError(f"the model has {len(self._inputs)} inputs; segen-edge models take one")
@@ -151,7 +154,7 @@ class RuntimeSession:
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs (all, or those named) for one input array, as onnxruntime's run()."""
         (x,) = feeds.values()
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=self._feed_type)
         count = len(x)
         larger = self._larger_batch(tuple(x.shape))
         if larger is not None:  # a short last batch: padded, not compiled anew
@@ -269,8 +272,20 @@ def _save_ir(model: Any, ir: Path) -> bool:
         return False
 
 
+_TYPES = {
+    "f32": "tensor(float)",
+    "f16": "tensor(float16)",
+    "f64": "tensor(double)",
+    "u8": "tensor(uint8)",
+    "i8": "tensor(int8)",
+}
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}  # fmt: skip
+
+
 def _port(port: Any) -> Port:
     shape: list[int | str] = []
     for i, dim in enumerate(port.get_partial_shape()):
         shape.append(dim.get_length() if dim.is_static else f"d{i}")
-    return Port(port.get_any_name(), shape)
+    kind = port.get_element_type().get_type_name()
+    return Port(port.get_any_name(), shape, _TYPES.get(kind, "tensor(float)"))

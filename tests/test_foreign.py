@@ -155,6 +155,40 @@ def test_graph_ending_in_argmax(tmp_path: Path) -> None:
     assert code == 0 and "outputs ids" not in stdout and "int64" in stdout
 
 
+def uint8_nhwc_in_nchw_out(path: Path) -> Path:
+    """uint8 NHWC pixels in (the preprocessing inside the graph: Cast, scale, Transpose),
+    NCHW logits out with a dynamic size and a fixed class count, as converters make them."""
+    x = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", "h", "w", 3])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4, "h", "w"])
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "scale"], ["scaled"]),
+        helper.make_node("Transpose", ["scaled"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "W", "B"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+        numpy_helper.from_array(WEIGHTS[:, :, None, None], "W"),
+        numpy_helper.from_array(BIAS, "B"),
+    ]
+    return _save(helper.make_graph(nodes, "u8", [x], [y], inits), path, "tf2onnx")
+
+
+@pytest.mark.parametrize("device", ["cpu", "openvino-runtime"])
+def test_a_graph_that_takes_uint8_pixels(tmp_path: Path, device: str) -> None:
+    """Fed the pixels themselves (not scaled floats cast to 0/1), its four classes found
+    although its output's layout is not its input's."""
+    from segen_edge import openvino_runtime
+
+    if device == "openvino-runtime" and not openvino_runtime.available():
+        pytest.skip("needs OpenVINO's runtime")
+    model = uint8_nhwc_in_nchw_out(tmp_path / "u8.onnx")
+    seg = segen_edge.load_segmenter(model, image_size=(16, 16), device=device)
+    assert seg.info.pixel_scale == 1.0 and seg.class_names == ("class0", "class1", "class2", "class3")
+    image = noise((16, 16), seed=3)
+    np.testing.assert_array_equal(seg.segment(image).ids, expected_ids(image, (0.0,) * 3, (1.0,) * 3))
+
+
 def test_fixed_1x3x512x512_graph(tmp_path: Path) -> None:
     model = torchvision_style(tmp_path / "fixed.onnx", size=(512, 512), batch=1)
     seg = segen_edge.load_segmenter(model, class_names=NAMES.split(","), mean=MEAN, std=STD)
