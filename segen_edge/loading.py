@@ -345,7 +345,7 @@ def describe(graph: GraphSummary, overrides: Mapping[str, Any], label: str) -> M
     else:
         data = _bare(inferred, overrides, label, Path(label).stem if label != "<bytes>" else "model")
     data.update(_normalise(overrides, label))
-    if "classes" in inferred and "class_names" not in overrides and data.get("task") == "segment":
+    if "classes" in inferred and data.get("task") == "segment":  # the file's names or the user's
         _check_class_count(data, inferred["classes"], label)
     try:
         return ModelInfo.from_dict(data, source=label)
@@ -394,8 +394,8 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
                 data["class_names"] = ("class0", "class1")
                 data["palette"] = default_palette(2)
             else:
-                data["class_names"] = tuple(f"class{i}" for i in range(count))
-                data["palette"] = default_palette(count)
+                data["class_names"] = default_class_names(count)
+                data["palette"] = default_palette(len(data["class_names"]))
                 assumed.append(f"classes {', '.join(data['class_names'])}")
     else:
         if "latent_size" not in inferred and "latent_size" not in overrides:
@@ -450,9 +450,18 @@ def _normalise(overrides: Mapping[str, Any], label: str) -> dict[str, Any]:
     return out
 
 
+BINARY = ("background", "foreground")  # the classes of a one-channel (sigmoid) output
+
+
+def default_class_names(channels: int) -> tuple[str, ...]:
+    """Names for a bare model's output channels: one channel is a binary model's
+    foreground (background and foreground), else class0, class1, ..."""
+    return BINARY if channels == 1 else tuple(f"class{i}" for i in range(channels))
+
+
 def _check_class_count(data: Mapping[str, Any], classes: int, label: str) -> None:
     names = data.get("class_names") or ()
-    if names and len(names) != classes:
+    if names and len(names) != classes and not (classes == 1 and len(names) == 2):
         raise ModelError(
             f"{label}: the model outputs {classes} classes but its metadata names {len(names)} "
             f"({', '.join(names)}); give one name per class (--class-names)"
@@ -497,9 +506,9 @@ def _complete(
     if named:
         _check_class_count(info.to_dict(), count, label)
         return info
-    names = tuple(f"class{i}" for i in range(count))
+    names = default_class_names(count)
     log.warning("%s: no class names; assumed %s (pass --class-names)", label, ", ".join(names))
-    return info.replace(class_names=names, palette=default_palette(count))
+    return info.replace(class_names=names, palette=default_palette(len(names)))
 
 
 def _class_count(shape: tuple[int, ...], layout: str, size: tuple[int, int]) -> int:

@@ -72,6 +72,8 @@ def to_probabilities(
         raise ModelError(f"the model returned shape {outputs.shape}; expected (N, K, h, w) or (N, h, w, K)")
     values = outputs if layout == "NCHW" else outputs.transpose(0, 3, 1, 2)
     values = np.ascontiguousarray(values, dtype=np.float32)
+    if values.shape[1] == 1 and num_classes in (None, 2):
+        return _binary(values, output)
     if num_classes is not None and values.shape[1] != num_classes:
         raise ModelError(
             f"the model outputs {values.shape[1]} classes but its metadata names {num_classes}; "
@@ -82,6 +84,20 @@ def to_probabilities(
             values = values.copy()
         softmax(values, axis=1)
     return values
+
+
+def _binary(values: np.ndarray, output: str) -> np.ndarray:
+    """A one-channel output (a binary model's foreground: a logit, or a sigmoid's
+    probability) -> (N, 2, h, w) probabilities of background and foreground."""
+    if output == "logits":
+        foreground = np.empty_like(values)
+        np.negative(values, out=foreground)
+        np.exp(np.clip(foreground, -80.0, 80.0), out=foreground)  # no overflow at extreme logits
+        foreground += 1.0
+        np.reciprocal(foreground, out=foreground)
+    else:
+        foreground = np.clip(values, 0.0, 1.0)
+    return np.concatenate([1.0 - foreground, foreground], axis=1)
 
 
 def make_predictor(run: Callable[[np.ndarray], np.ndarray], info: ModelInfo) -> Predict:

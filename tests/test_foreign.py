@@ -189,6 +189,42 @@ def test_a_graph_that_takes_uint8_pixels(tmp_path: Path, device: str) -> None:
     np.testing.assert_array_equal(seg.segment(image).ids, expected_ids(image, (0.0,) * 3, (1.0,) * 3))
 
 
+def one_channel(path: Path, sigmoid: bool) -> Path:
+    """A binary model as rembg-style tools export them: NCHW in, one foreground channel out
+    (a logit, or a Sigmoid's probability); foreground where the red channel exceeds 0.5."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])
+    y = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", 1, "h", "w"])
+    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["logit" if sigmoid else "mask"])]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["logit"], ["mask"]))
+    inits = [
+        numpy_helper.from_array(np.array([[[[8.0]], [[0.0]], [[0.0]]]], np.float32), "W"),
+        numpy_helper.from_array(np.array([-4.0], np.float32), "B"),
+    ]
+    return _save(helper.make_graph(nodes, "binary", [x], [y], inits), path, "pytorch")
+
+
+@pytest.mark.parametrize("sigmoid", [True, False])
+def test_a_one_channel_binary_model(tmp_path: Path, sigmoid: bool) -> None:
+    model = one_channel(tmp_path / "binary.onnx", sigmoid)
+    seg = segen_edge.load_segmenter(model, image_size=(16, 16))
+    assert seg.class_names == ("background", "foreground")
+    assert seg.info.output == ("probs" if sigmoid else "logits")
+    image = noise((16, 16), seed=4)
+    result = seg.segment(image, probabilities=True)
+    red = image[..., 0].astype(np.float32) / 255
+    np.testing.assert_array_equal(result.ids, (red > 0.5).astype(np.uint8))
+    assert result.probabilities is not None and result.probabilities.shape == (2, 16, 16)
+    fg = 1 / (1 + np.exp(-(8 * red - 4)))
+    np.testing.assert_allclose(result.probabilities[1], np.rint(fg * 255), atol=1)
+    cutout = result.cutout("foreground")
+    assert (cutout[..., 3] == np.where(red > 0.5, 255, 0)).all()
+    named = segen_edge.load_segmenter(model, image_size=(16, 16), class_names=["sky", "person"])
+    assert named.class_names == ("sky", "person")
+    with pytest.raises(SegenError, match="outputs 1 classes"):
+        segen_edge.load_segmenter(model, image_size=(16, 16), class_names=["a", "b", "c"])
+
+
 def test_fixed_1x3x512x512_graph(tmp_path: Path) -> None:
     model = torchvision_style(tmp_path / "fixed.onnx", size=(512, 512), batch=1)
     seg = segen_edge.load_segmenter(model, class_names=NAMES.split(","), mean=MEAN, std=STD)
