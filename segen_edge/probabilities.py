@@ -100,6 +100,41 @@ def _binary(values: np.ndarray, output: str) -> np.ndarray:
     return np.concatenate([1.0 - foreground, foreground], axis=1)
 
 
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half-pixel-centre bilinear taps along one axis: source indices i0, i1 and the float32
+    weight of i1 for each of n_out output positions (clamped at the edges)."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def _stride(n_out: int, n_in: int) -> int | None:
+    """s when an axis of n_in comes out as n_in / s (floor or ceiling), s >= 2; else None."""
+    if n_out < 1 or n_out >= n_in:
+        return None
+    s = max(2, round(n_in / n_out))
+    return s if n_out in (n_in // s, -(-n_in // s)) else None
+
+
+def at_size(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, K, h, w) probabilities for inputs of `size` (H, W) at that size: as they are, or,
+    from a model whose output is strided (SegFormer's come at a quarter of the input's
+    size), upsampled bilinearly (half-pixel centres, as such models are upsampled in
+    training). Any other mismatch is left for the shape checks to name."""
+    if probs.ndim != 4 or tuple(probs.shape[2:]) == tuple(size):
+        return probs
+    h, w = probs.shape[2:]
+    sy, sx = _stride(h, size[0]), _stride(w, size[1])
+    if sy is None or sx is None or sy != sx:
+        return probs
+    y0, y1, wy = linear_taps(h, size[0])
+    x0, x1, wx = linear_taps(w, size[1])
+    rows = probs[:, :, y0] * (1.0 - wy)[:, None] + probs[:, :, y1] * wy[:, None]
+    return np.ascontiguousarray(rows[..., x0] * (1.0 - wx) + rows[..., x1] * wx, dtype=np.float32)
+
+
 def make_predictor(run: Callable[[np.ndarray], np.ndarray], info: ModelInfo) -> Predict:
     """A Predict from a function that runs the graph (float32 model input -> raw output)
     and the model's metadata (preprocessing, layout, output kind, class count)."""
@@ -108,7 +143,8 @@ def make_predictor(run: Callable[[np.ndarray], np.ndarray], info: ModelInfo) -> 
 
     def predict(batch_u8: np.ndarray) -> np.ndarray:
         raw = run(pre.to_model(batch_u8))
-        return to_probabilities(raw, output=info.output, layout=info.layout, num_classes=classes)
+        probs = to_probabilities(raw, output=info.output, layout=info.layout, num_classes=classes)
+        return at_size(probs, batch_u8.shape[1:3])
 
     return predict
 

@@ -28,6 +28,7 @@ from .probabilities import (
     _checked,
     _emit,
     _outputs,
+    linear_taps,
     reflect_index,
 )
 
@@ -99,16 +100,6 @@ def letterbox(image_u8: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, 
     return canvas, box
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Half-pixel-centre bilinear taps along one axis: source indices i0, i1 and the float32
-    weight of i1 for each of n_out output positions (clamped at the edges)."""
-    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    src = np.clip(src, 0.0, n_in - 1)
-    i0 = np.floor(src).astype(np.intp)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
 def iter_upsampled(
     probs: np.ndarray, size: tuple[int, int], band_rows: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -121,8 +112,8 @@ def iter_upsampled(
         for r0 in range(0, out_h, rows):
             yield r0, probs[:, r0 : r0 + rows]
         return
-    y0, y1, wy = _linear_taps(h, out_h)
-    x0, x1, wx = _linear_taps(w, out_w)
+    y0, y1, wy = linear_taps(h, out_h)
+    x0, x1, wx = linear_taps(w, out_w)
     wx0 = 1.0 - wx
     for r0 in range(0, out_h, rows):
         r1 = min(out_h, r0 + rows)

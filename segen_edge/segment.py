@@ -23,7 +23,7 @@ from .files import atomic_write, save_image
 from .images import DEFAULT_MAX_PIXELS, as_image_u8, resize_u8
 from .metadata import ModelInfo
 from .model import Model
-from .probabilities import class_ids, ids_dtype, to_probabilities
+from .probabilities import at_size, class_ids, ids_dtype, to_probabilities
 from .resizing import resize_input, upsample
 
 log = logging.getLogger("segen_edge")
@@ -215,12 +215,13 @@ class Segmenter(Model):
     def probabilities(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, C) images at a size the model takes -> float32 (N, K, h, w)."""
         raw = self.run(self.info.preprocessing.to_model(batch_u8))
-        return to_probabilities(
+        probs = to_probabilities(
             raw,
             output=self.info.output,
             layout=self._output_layout(raw),
             num_classes=len(self.info.class_names),
         )
+        return at_size(probs, batch_u8.shape[1:3])  # a strided output, upsampled to its input
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Prepared float32 inputs at model size -> (N, H, W) class ids at model size."""
@@ -231,6 +232,7 @@ class Segmenter(Model):
             layout=self._output_layout(raw),
             num_classes=len(self.info.class_names),
         )
+        probs = at_size(probs, self.info.image_size)
         return probs.argmax(axis=1).astype(ids_dtype(probs.shape[1]))
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
@@ -256,7 +258,11 @@ class Segmenter(Model):
                 # order of the logits: the class ids are their argmax, no softmax needed
                 raw = self.run(self.info.preprocessing.to_model(batch))
                 logits = raw if self._output_layout(raw) == "NCHW" else raw.transpose(0, 3, 1, 2)
-                if logits.ndim == 4 and logits.shape[1] == len(self.info.class_names):
+                if (
+                    logits.ndim == 4
+                    and logits.shape[1] == len(self.info.class_names)
+                    and logits.shape[2:] == size
+                ):
                     out.extend((ids, None) for ids in class_ids(logits))
                     continue
             probs = self.probabilities(batch)

@@ -225,6 +225,35 @@ def test_a_one_channel_binary_model(tmp_path: Path, sigmoid: bool) -> None:
         segen_edge.load_segmenter(model, image_size=(16, 16), class_names=["a", "b", "c"])
 
 
+def quarter_size_logits(path: Path) -> Path:
+    """Logits at a quarter of the input's size, as SegFormer exports return them: the
+    per-pixel linear map, average-pooled 4x4 with stride 4."""
+    x = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, "h4", "w4"])
+    nodes = [
+        helper.make_node("Conv", ["pixel_values", "W", "B"], ["full"]),
+        helper.make_node("AveragePool", ["full"], ["logits"], kernel_shape=[4, 4], strides=[4, 4]),
+    ]
+    inits = [numpy_helper.from_array(WEIGHTS[:, :, None, None], "W"), numpy_helper.from_array(BIAS, "B")]
+    return _save(helper.make_graph(nodes, "segformer_like", [x], [y], inits), path, "pytorch")
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile", "native"])
+def test_a_model_whose_logits_come_at_a_quarter_of_its_input(tmp_path: Path, mode: str) -> None:
+    """Its probabilities are upsampled to the input in every mode (tile mode refused them:
+    'expected (8, classes, 64, 64)'); far from the colour boundary each half keeps its class."""
+    model = quarter_size_logits(tmp_path / "segformer.onnx")
+    seg = segen_edge.load_segmenter(model, image_size=(32, 32), class_names=NAMES.split(","), mode=mode)
+    colours = noise((1, 2), seed=5)[0]  # two random colours, left and right
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :32], image[:, 32:] = colours[0], colours[1]
+    result = seg.segment(image, probabilities=True)
+    assert result.ids.shape == (48, 64) and result.probabilities is not None
+    assert result.probabilities.shape == (4, 48, 64)
+    left, right = (expected_ids(c[None, None], (0.0,) * 3, (1.0,) * 3)[0, 0] for c in colours)
+    assert (result.ids[:, :20] == left).all() and (result.ids[:, 44:] == right).all()
+
+
 def test_fixed_1x3x512x512_graph(tmp_path: Path) -> None:
     model = torchvision_style(tmp_path / "fixed.onnx", size=(512, 512), batch=1)
     seg = segen_edge.load_segmenter(model, class_names=NAMES.split(","), mean=MEAN, std=STD)
