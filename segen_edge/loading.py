@@ -498,11 +498,14 @@ def _complete(
             f"{label}: could not run the model on a blank {list(shape)} input ({str(exc).strip()[:160]}); "
             "check --image-size and --layout"
         ) from None
-    if out.ndim != 4:
+    if out.ndim == 3 and np.issubdtype(out.dtype, np.floating):
+        count = 1  # (N, h, w) floats: one foreground map, squeezed (a binary model)
+    elif out.ndim != 4:
         if named:
             return info
         raise MetadataError(f"{label}: the model returns class ids; pass --class-names (one per class)")
-    count = _class_count(out.shape, info.layout, info.image_size)
+    else:
+        count = _class_count(out.shape, info.layout, info.image_size)
     if named:
         _check_class_count(info.to_dict(), count, label)
         return info

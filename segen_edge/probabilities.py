@@ -68,6 +68,8 @@ def to_probabilities(
         return probs
     if output not in ("logits", "probs"):
         raise ModelError(f"model output kind {output!r}; expected logits, probs or ids")
+    if outputs.ndim == 3 and num_classes in (None, 2):  # (N, h, w): one foreground map, squeezed
+        return _binary(np.ascontiguousarray(outputs[:, None], dtype=np.float32), output)
     if outputs.ndim != 4:
         raise ModelError(f"the model returned shape {outputs.shape}; expected (N, K, h, w) or (N, h, w, K)")
     values = outputs if layout == "NCHW" else outputs.transpose(0, 3, 1, 2)

@@ -257,7 +257,8 @@ class Segmenter(Model):
                 # at the model's own size nothing is interpolated, and softmax keeps the
                 # order of the logits: the class ids are their argmax, no softmax needed
                 raw = self.run(self.info.preprocessing.to_model(batch))
-                logits = raw if self._output_layout(raw) == "NCHW" else raw.transpose(0, 3, 1, 2)
+                nhwc = raw.ndim == 4 and self._output_layout(raw) == "NHWC"
+                logits = raw.transpose(0, 3, 1, 2) if nhwc else raw
                 if (
                     logits.ndim == 4
                     and logits.shape[1] == len(self.info.class_names)

@@ -189,24 +189,34 @@ def test_a_graph_that_takes_uint8_pixels(tmp_path: Path, device: str) -> None:
     np.testing.assert_array_equal(seg.segment(image).ids, expected_ids(image, (0.0,) * 3, (1.0,) * 3))
 
 
-def one_channel(path: Path, sigmoid: bool) -> Path:
+def one_channel(path: Path, sigmoid: bool, squeezed: bool = False) -> Path:
     """A binary model as rembg-style tools export them: NCHW in, one foreground channel out
-    (a logit, or a Sigmoid's probability); foreground where the red channel exceeds 0.5."""
+    (a logit, or a Sigmoid's probability; (n, 1, h, w) or squeezed to (n, h, w));
+    foreground where the red channel exceeds 0.5."""
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, "h", "w"])
-    y = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", 1, "h", "w"])
-    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["logit" if sigmoid else "mask"])]
+    shape = ["n", "h", "w"] if squeezed else ["n", 1, "h", "w"]
+    y = helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape)
+    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["logit"])]
+    last = "logit"
     if sigmoid:
-        nodes.append(helper.make_node("Sigmoid", ["logit"], ["mask"]))
+        nodes.append(helper.make_node("Sigmoid", [last], ["prob"]))
+        last = "prob"
+    nodes.append(
+        helper.make_node("Squeeze", [last, "axes"], ["mask"])
+        if squeezed
+        else helper.make_node("Identity", [last], ["mask"])
+    )
     inits = [
         numpy_helper.from_array(np.array([[[[8.0]], [[0.0]], [[0.0]]]], np.float32), "W"),
         numpy_helper.from_array(np.array([-4.0], np.float32), "B"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
     ]
     return _save(helper.make_graph(nodes, "binary", [x], [y], inits), path, "pytorch")
 
 
-@pytest.mark.parametrize("sigmoid", [True, False])
-def test_a_one_channel_binary_model(tmp_path: Path, sigmoid: bool) -> None:
-    model = one_channel(tmp_path / "binary.onnx", sigmoid)
+@pytest.mark.parametrize(("sigmoid", "squeezed"), [(True, False), (False, False), (True, True)])
+def test_a_one_channel_binary_model(tmp_path: Path, sigmoid: bool, squeezed: bool) -> None:
+    model = one_channel(tmp_path / "binary.onnx", sigmoid, squeezed)
     seg = segen_edge.load_segmenter(model, image_size=(16, 16))
     assert seg.class_names == ("background", "foreground")
     assert seg.info.output == ("probs" if sigmoid else "logits")
