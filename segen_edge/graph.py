@@ -279,6 +279,10 @@ def infer_description(graph: GraphSummary) -> dict[str, Any]:
         if isinstance(shape[1], int) and shape[1] > 0:
             found["latent_size"] = shape[1]
         return found
+    if len(shape) == 4 and _fixed(shape[2]) == 1 and _fixed(shape[3]) == 1 and (_fixed(shape[1]) or 0) > 4:
+        found["task"] = "generate"  # (N, nz, 1, 1): PyTorch's DCGAN takes its latents so
+        found["latent_size"] = shape[1]
+        return found
     if len(shape) != 4:
         return found
     found["task"] = "segment"

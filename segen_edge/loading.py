@@ -530,6 +530,8 @@ def _class_count(shape: tuple[int, ...], layout: str, size: tuple[int, int]) -> 
 def _check_io(loaded: LoadedSession, info: ModelInfo, label: str) -> None:
     """The graph's input must fit what the description says to feed it (rank and static dims)."""
     shape = list(loaded.session.get_inputs()[0].shape)
+    if info.task == "generate" and len(shape) == 4 and shape[2:] == [1, 1]:
+        shape = shape[:2]  # latents as a (N, nz, 1, 1) image: fed reshaped (Model.run)
     if info.task == "generate":
         want = {"latent": info.latent_size}
         axes: tuple[str, ...] = ("latent",)

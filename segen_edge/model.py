@@ -100,12 +100,19 @@ class Model:
         graph with its preprocessing inside takes uint8 pixels; an fp16 one float16)."""
         return feed_type(self._session.get_inputs()[0].type)
 
+    @functools.cached_property
+    def _latent_image(self) -> bool:
+        """Whether the graph takes its latents as a (N, nz, 1, 1) image, as PyTorch's DCGAN."""
+        return len(self._session.get_inputs()[0].shape) == 4 and self.info.task == "generate"
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         loaded = self.loaded
         session = self._session
         outputs, feed = self._names
         if batch.dtype != self._feed_type:
             batch = as_feed(batch, self._feed_type)
+        if batch.ndim == 2 and self._latent_image:
+            batch = batch.reshape(*batch.shape, 1, 1)  # latents as (N, nz, 1, 1)
         try:
             out = session.run(outputs, {feed: batch})[0]
         except Exception as exc:  # onnxruntime's own exception types; never a traceback

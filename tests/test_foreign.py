@@ -318,3 +318,26 @@ def test_layout_flag_fixes_a_graph_that_does_not_say(tmp_path: Path) -> None:
     red = np.zeros((8, 8, 3), np.uint8)
     red[..., 0] = 255
     assert (seg.segment(red).ids == 0).all()
+
+
+def test_a_pytorch_dcgan_generator_taking_latents_as_nz_x_1_x_1(tmp_path: Path) -> None:
+    """PyTorch's DCGAN takes its latents as (N, nz, 1, 1) and returns NCHW in [-1, 1]: a
+    generator (it was read as a 100x1 image segmenter), fed its latents reshaped."""
+    import onnxruntime as ort
+
+    weight = np.random.default_rng(8).standard_normal((100, 3, 8, 8)).astype(np.float32) * 0.1
+    x = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 100, 1, 1])
+    y = helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 3, 8, 8])
+    nodes = [helper.make_node("ConvTranspose", ["z", "w"], ["t"]), helper.make_node("Tanh", ["t"], ["img"])]
+    graph = helper.make_graph(nodes, "netG", [x], [y], [numpy_helper.from_array(weight, "w")])
+    model = _save(graph, tmp_path / "netG.onnx", "pytorch")
+    gen = segen_edge.load_generator(model)
+    assert gen.info.latent_size == 100
+    latents = np.random.default_rng(9).standard_normal((3, 100)).astype(np.float32)
+    images = gen.decode(latents)
+    raw = ort.InferenceSession(str(model)).run(None, {"z": latents.reshape(3, 100, 1, 1)})[0]
+    want = np.clip(np.rint((raw.transpose(0, 2, 3, 1) + 1) * 127.5), 0, 255)
+    assert images.shape == (3, 8, 8, 3)
+    np.testing.assert_allclose(images.astype(np.float32), want, atol=1)
+    code, _, stderr = run("generate", "-n", "2", "-m", str(model), "-o", str(tmp_path / "out"))
+    assert code == 0, stderr
