@@ -274,14 +274,13 @@ def infer_description(graph: GraphSummary) -> dict[str, Any]:
         return {}
     shape = graph.inputs[0].shape
     found: dict[str, Any] = {"output": graph.output_kind, "precision": graph.precision}
-    if len(shape) == 2:
-        found["task"] = "generate"
-        if isinstance(shape[1], int) and shape[1] > 0:
+    latents_as_image = len(shape) == 4 and _fixed(shape[2]) == 1 and _fixed(shape[3]) == 1
+    if len(shape) == 2 or (latents_as_image and (_fixed(shape[1]) or 0) > 4):
+        found["task"] = "generate"  # (N, nz), or (N, nz, 1, 1) as PyTorch's DCGAN takes them
+        if _fixed(shape[1]):
             found["latent_size"] = shape[1]
-        return found
-    if len(shape) == 4 and _fixed(shape[2]) == 1 and _fixed(shape[3]) == 1 and (_fixed(shape[1]) or 0) > 4:
-        found["task"] = "generate"  # (N, nz, 1, 1): PyTorch's DCGAN takes its latents so
-        found["latent_size"] = shape[1]
+        if graph.last_op == "Sigmoid":
+            found["output_range"] = "unit"  # images in [0, 1], not a tanh's [-1, 1]
         return found
     if len(shape) != 4:
         return found

@@ -404,9 +404,10 @@ def _bare(inferred: Mapping[str, Any], overrides: Mapping[str, Any], label: str,
             )
         if "image_size" not in overrides:
             data["image_size"] = (1, 1)  # a generator's size is whatever it makes
-        data["pixel_scale"], data["pixel_offset"] = 1 / 127.5, -1.0  # tanh outputs, as DCGANs end
+        unit = inferred.get("output_range") == "unit"  # the graph ends in a Sigmoid
+        data["pixel_scale"], data["pixel_offset"] = (1 / 255, 0.0) if unit else (1 / 127.5, -1.0)
         if not {"pixel_scale", "mean"} & set(overrides):
-            assumed.append("outputs in [-1, 1] (tanh)")
+            assumed.append("outputs in [0, 1] (sigmoid)" if unit else "outputs in [-1, 1] (tanh)")
     scaling = {"pixel_scale", "pixel_offset", "mean", "std"}
     if task == "segment" and not scaling & set(overrides) and "pixel_scale" not in inferred:
         assumed.append("pixels scaled to [0, 1]")

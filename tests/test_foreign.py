@@ -341,3 +341,21 @@ def test_a_pytorch_dcgan_generator_taking_latents_as_nz_x_1_x_1(tmp_path: Path) 
     np.testing.assert_allclose(images.astype(np.float32), want, atol=1)
     code, _, stderr = run("generate", "-n", "2", "-m", str(model), "-o", str(tmp_path / "out"))
     assert code == 0, stderr
+
+
+def test_a_generator_ending_in_a_sigmoid_makes_images_in_0_1(tmp_path: Path) -> None:
+    """Its outputs are read as [0, 1] (a tanh's [-1, 1] would wash every image out)."""
+    x = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("img", TensorProto.FLOAT, ["n", 2, 2, 1])
+    weight = np.random.default_rng(10).standard_normal((4, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["z", "w"], ["m"]),
+        helper.make_node("Reshape", ["m", "shape"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["img"]),
+    ]
+    inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([-1, 2, 2, 1]), "shape")]
+    model = _save(helper.make_graph(nodes, "vae_decoder", [x], [y], inits), tmp_path / "dec.onnx", "pytorch")
+    gen = segen_edge.load_generator(model)
+    latents = np.random.default_rng(11).standard_normal((5, 4)).astype(np.float32)
+    want = np.rint(255 / (1 + np.exp(-(latents @ weight)))).reshape(5, 2, 2, 1)
+    np.testing.assert_allclose(gen.decode(latents).astype(np.float32), want, atol=1)
