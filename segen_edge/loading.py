@@ -339,6 +339,12 @@ def describe(graph: GraphSummary, overrides: Mapping[str, Any], label: str) -> M
     """ModelInfo from the file's segen metadata, else from what its graph states, with
     `overrides` on top; a bare file's missing essentials are named with the flag to pass."""
     props = graph.metadata
+    if len(graph.inputs) > 1:
+        names = ", ".join(t.name for t in graph.inputs)
+        raise ModelError(
+            f"{label}: the model takes {len(graph.inputs)} inputs ({names}); segen-edge feeds one, an "
+            "image or a latent batch: export it with the others fixed (as constants) or folded in"
+        )
     inferred = infer_description(graph)
     if any(k.startswith(PREFIX) for k in props):
         data = ModelInfo.from_props(props, source=label).to_dict()

@@ -359,3 +359,17 @@ def test_a_generator_ending_in_a_sigmoid_makes_images_in_0_1(tmp_path: Path) -> 
     latents = np.random.default_rng(11).standard_normal((5, 4)).astype(np.float32)
     want = np.rint(255 / (1 + np.exp(-(latents @ weight)))).reshape(5, 2, 2, 1)
     np.testing.assert_allclose(gen.decode(latents).astype(np.float32), want, atol=1)
+
+
+def test_a_model_with_two_inputs_is_refused_at_load_in_one_line(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 16, 16])
+    t = helper.make_tensor_value_info("threshold", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, 16, 16])
+    graph = helper.make_graph([helper.make_node("Mul", ["image", "threshold"], ["out"])], "g", [x, t], [y])
+    model = _save(graph, tmp_path / "two.onnx", "pytorch")
+    with pytest.raises(SegenError, match=r"takes 2 inputs \(image, threshold\); segen-edge feeds one"):
+        segen_edge.load_segmenter(model)
+    for i in range(3):
+        Image.fromarray(noise((16, 16), seed=i)).save(tmp_path / f"p{i}.png")
+    code, _, stderr = run("segment", str(tmp_path), "-m", str(model), "-o", str(tmp_path / "out"))
+    assert code == 1 and stderr.count("takes 2 inputs") == 1  # once, not once an image
