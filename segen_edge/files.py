@@ -25,7 +25,14 @@ from PIL import Image
 from .errors import BadInputError, SegenError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
-OUTPUT_SUFFIXES = (".mask.png", ".color.png", ".overlay.png", ".cutout.png", ".binary.png")  # never inputs
+OUTPUT_SUFFIXES = (
+    ".mask.png",
+    ".color.png",
+    ".overlay.png",
+    ".cutout.png",
+    ".cutout-soft.png",
+    ".binary.png",
+)  # never inputs
 MANIFEST_NAME = "segen-manifest.jsonl"  # manifest.MANIFEST_NAME, here to keep imports light
 
 

@@ -29,7 +29,7 @@ from .images import DEFAULT_MAX_PIXELS, Decoded, load_image
 from .manifest import input_stat, model_digest, rel_of, run_record
 from .pipeline import lanes_for, ordered_map
 from .plan import OutputPlan, Planned
-from .segment import SAVE_KINDS, RunSettings, Segmentation, Segmenter
+from .segment import KEEP_KINDS, PROB_KINDS, SAVE_KINDS, RunSettings, Segmentation, Segmenter
 
 MAX_BATCH = 1024
 
@@ -88,7 +88,7 @@ class SaveOptions:
             )
         if not 0.0 <= self.alpha <= 1.0:
             raise BadInputError(f"--alpha {self.alpha}: expected a number from 0 to 1, e.g. 0.5")
-        needs_keep = [k for k in self.kinds if k in ("cutout", "binary")]
+        needs_keep = [k for k in self.kinds if k in KEEP_KINDS]
         if needs_keep and not self.keep:
             raise BadInputError(
                 f"--save {needs_keep[0]} needs --keep CLASS (one of {', '.join(class_names)})"
@@ -205,7 +205,7 @@ def iter_segment_files(
     save_options = SaveOptions(tuple(save), alpha, tuple(keep)).checked(segmenter.class_names)
     batch_size = check_batch_size(batch_size, MAX_BATCH)
     run = settings.resolved(segmenter.info) if settings else segmenter.settings()
-    if "prob" in save_options.kinds and not run.probabilities:
+    if PROB_KINDS & set(save_options.kinds) and not run.probabilities:
         run = RunSettings(run.mode, run.overlap, run.blend, run.batch_size, run.keep_aspect, True)
     if plan is None:
         plan = plan_segment_files(inputs, out_dir, save=save_options.kinds, recursive=recursive)

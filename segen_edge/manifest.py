@@ -50,7 +50,7 @@ log = logging.getLogger("segen_edge")
 
 MANIFEST_NAME = "segen-manifest.jsonl"
 VERSION = 1
-KIND_SETTINGS = {"overlay": ("alpha",), "cutout": ("keep",), "binary": ("keep",)}
+KIND_SETTINGS = {"overlay": ("alpha",), "cutout": ("keep",), "cutout-soft": ("keep",), "binary": ("keep",)}
 COMMON_SETTINGS = ("info", "mode", "overlap", "blend", "keep_aspect")
 
 

@@ -52,6 +52,7 @@ SUFFIXES = {
     "color": ".color.png",
     "overlay": ".overlay.png",
     "cutout": ".cutout.png",
+    "cutout-soft": ".cutout-soft.png",
     "binary": ".binary.png",
     "prob": ".prob.npz",
 }

@@ -141,15 +141,37 @@ def binary(ids: np.ndarray, keep: Sequence[int], num_classes: int | None = None)
 
 
 def cutout(
-    image_u8: np.ndarray, ids: np.ndarray, keep: Sequence[int], num_classes: int | None = None
+    image_u8: np.ndarray,
+    ids: np.ndarray,
+    keep: Sequence[int],
+    num_classes: int | None = None,
+    alpha: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(H, W, 4) uint8 RGBA: the image's colours, alpha 255 where the class is kept, else 0."""
+    """(H, W, 4) uint8 RGBA: the image's colours, alpha 255 where the class is kept, else 0
+    (or the (H, W) uint8 `alpha` given, e.g. kept_alpha's)."""
     ids = _check_ids(ids)
     image = _rgb(image_u8, ids.shape)
-    alpha = binary(ids, keep, num_classes)
+    if alpha is None:
+        alpha = binary(ids, keep, num_classes)
+    elif alpha.shape != ids.shape:
+        raise BadInputError(f"alpha of shape {alpha.shape} for a mask of {ids.shape}")
     out = np.empty((*ids.shape, 4), np.uint8)
     out[:, :, :3] = image  # a grey (H, W, 1) image broadcasts to the three channels
     out[:, :, 3] = alpha
+    return out
+
+
+def kept_alpha(probabilities_u8: np.ndarray, keep: Sequence[int], rows: int = 256) -> np.ndarray:
+    """(H, W) uint8: the summed uint8 probabilities (K, H, W) of the kept classes, in bands
+    of rows (a 48-megapixel image never makes a wide temporary)."""
+    height = probabilities_u8.shape[1]
+    out = np.empty(probabilities_u8.shape[1:], np.uint8)
+    for r0 in range(0, height, rows):
+        band = np.zeros((min(rows, height - r0), probabilities_u8.shape[2]), np.uint16)
+        for k in keep:
+            band += probabilities_u8[k, r0 : r0 + rows]
+        np.minimum(band, 255, out=band)
+        out[r0 : r0 + rows] = band
     return out
 
 

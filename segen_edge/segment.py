@@ -96,9 +96,18 @@ class Segmentation:
         """(H, W, 3) uint8: the colour mask blended over the image (alpha: mask's weight)."""
         return render.overlay(self._image("overlay"), self.ids, self.palette, alpha)
 
-    def cutout(self, classes: str | int | Sequence[str | int]) -> np.ndarray:
-        """(H, W, 4) uint8 RGBA: the image where `classes` are, transparent elsewhere."""
-        return render.cutout(self._image("cutout"), self.ids, self.class_index(classes))
+    def cutout(self, classes: str | int | Sequence[str | int], soft: bool = False) -> np.ndarray:
+        """(H, W, 4) uint8 RGBA: the image where `classes` are, transparent elsewhere; with
+        `soft`, its alpha is the probability of `classes` (soft edges, as background
+        removers give), which needs the probabilities (segment with probabilities=True)."""
+        keep = self.class_index(classes)
+        if not soft:
+            return render.cutout(self._image("cutout"), self.ids, keep)
+        if self.probabilities is None:
+            raise BadInputError("no probabilities: segment with probabilities=True (--save cutout-soft)")
+        return render.cutout(
+            self._image("cutout"), self.ids, keep, alpha=render.kept_alpha(self.probabilities, keep)
+        )
 
     def binary(self, classes: str | int | Sequence[str | int]) -> np.ndarray:
         """(H, W) uint8: 255 where `classes` are, 0 elsewhere."""
@@ -114,12 +123,12 @@ class Segmentation:
             return self.colorize()
         if kind == "overlay":
             return self.overlay(alpha)
-        if kind in ("cutout", "binary"):
+        if kind in KEEP_KINDS:
             if not keep:
                 raise BadInputError(
                     f"--save {kind} needs --keep CLASS (one of {', '.join(self.class_names)})"
                 )
-            return self.cutout(keep) if kind == "cutout" else self.binary(keep)
+            return self.binary(keep) if kind == "binary" else self.cutout(keep, soft=kind == "cutout-soft")
         raise BadInputError(f"--save {kind}: expected one of {', '.join(SAVE_KINDS)}")
 
     def save(self, path: str | os.PathLike[str], kind: str = "mask", **options: Any) -> Path:
@@ -140,7 +149,9 @@ class Segmentation:
         return self.image
 
 
-SAVE_KINDS = ("mask", "color", "overlay", "cutout", "binary", "prob")
+SAVE_KINDS = ("mask", "color", "overlay", "cutout", "cutout-soft", "binary", "prob")
+KEEP_KINDS = ("cutout", "cutout-soft", "binary")  # kinds that need --keep CLASS
+PROB_KINDS = frozenset({"prob", "cutout-soft"})  # kinds made from the probabilities
 
 
 class Segmenter(Model):

@@ -138,6 +138,13 @@ def test_segmentation_renders(seg: segen_edge.Segmenter, tmp_path: Path) -> None
     with pytest.raises(BadInputError, match="--keep purple"):
         result.cutout("purple")
     assert result.probabilities is not None and result.probabilities.shape == (3, 6, 8)
+    soft = result.cutout(["red", "green"], soft=True)  # alpha: their probability, summed
+    want = np.minimum(result.probabilities[0].astype(int) + result.probabilities[1], 255)
+    np.testing.assert_array_equal(soft[..., 3], want)
+    np.testing.assert_array_equal(soft[..., :3], image)
+    assert 0 < soft[0, 0, 3] < 255  # the model's softmax is not one-hot: soft edges indeed
+    with pytest.raises(BadInputError, match="probabilities=True"):
+        seg.segment(image).cutout("red", soft=True)
     saved = result.save(tmp_path / "m.png")
     with Image.open(saved) as img:
         assert img.mode == "P" and np.array_equal(np.asarray(img), result.ids)

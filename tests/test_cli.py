@@ -88,6 +88,27 @@ def test_segment_writes_masks_at_input_size_with_class_ids(
     assert "running tiny-seg-fp32.onnx on cpu" not in stderr  # said only with --verbose
 
 
+def test_segment_soft_cutout_takes_its_alpha_from_the_probabilities(
+    seg_model: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    code, _, stderr = run(
+        "segment", str(photo_dir / "red.png"), "-m", str(seg_model), "-o", str(out),
+        "--save", "cutout-soft,prob", "--keep", "red",
+    )  # fmt: skip
+    assert code == 0, stderr
+    from segen_edge.render import read_probabilities
+
+    probs, _ = read_probabilities(out / "red.prob.npz")
+    with Image.open(out / "red.cutout-soft.png") as img:
+        assert img.mode == "RGBA"
+        np.testing.assert_array_equal(np.asarray(img)[..., 3], probs[0])
+    code, _, stderr = run(
+        "segment", str(photo_dir / "red.png"), "-m", str(seg_model), "--save", "cutout-soft"
+    )
+    assert code == 2 and "need --keep CLASS" in stderr
+
+
 def test_verbose_says_what_runs_where_and_why(seg_model: Path, photo_dir: Path, tmp_path: Path) -> None:
     red = str(photo_dir / "red.png")
     code, _, stderr = run(

@@ -79,6 +79,18 @@ def test_fractions_of_a_large_mask_need_no_full_size_copy():
     assert peak < 8 * ids.size / 4  # a full-size int64 copy would be 8 x the mask
 
 
+def test_kept_alpha_sums_the_kept_planes_in_bands_and_saturates():
+    rng = np.random.default_rng(12)
+    probs = rng.integers(0, 256, (3, 37, 11), dtype=np.uint8)
+    want = np.minimum(probs[0].astype(int) + probs[2], 255)
+    np.testing.assert_array_equal(render.kept_alpha(probs, [0, 2], rows=5), want)
+    image = rng.integers(0, 256, (37, 11, 3), dtype=np.uint8)
+    rgba = render.cutout(
+        image, probs.argmax(0).astype(np.uint8), [0, 2], alpha=render.kept_alpha(probs, [0, 2])
+    )
+    np.testing.assert_array_equal(rgba[..., 3], want)
+
+
 def test_cutout_and_binary_keep_the_chosen_classes():
     ids = mask(25, 40)
     image = RNG.integers(0, 256, (25, 40, 3), dtype=np.uint8)

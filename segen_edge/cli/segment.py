@@ -31,10 +31,14 @@ def segment(
     ] = Path("segen-out"),
     save: Annotated[
         str,
-        typer.Option("--save", help="Comma-separated outputs: mask,color,overlay,cutout,binary,prob."),
+        typer.Option(
+            "--save",
+            help="Comma-separated outputs: mask,color,overlay,cutout,cutout-soft (alpha from the kept "
+            "classes' probability),binary,prob.",
+        ),
     ] = "mask",
     keep: Annotated[
-        str | None, typer.Option("--keep", help="Classes kept by cutout and binary, e.g. pet.")
+        str | None, typer.Option("--keep", help="Classes kept by cutout, cutout-soft and binary, e.g. pet.")
     ] = None,
     alpha: Annotated[float, typer.Option("--alpha", help="Overlay: the mask's weight, 0..1.")] = 0.5,
     mode: Annotated[
@@ -113,7 +117,7 @@ def segment(
     from ..jobs import SaveOptions, iter_segment_files, plan_segment_files
     from ..loading import check_threads
     from ..pipeline import batch_threads, lanes_for
-    from ..segment import SAVE_KINDS, Segmenter
+    from ..segment import KEEP_KINDS, SAVE_KINDS, Segmenter
 
     kinds = tuple(k.strip() for k in save.split(",") if k.strip())
     kept = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
@@ -123,8 +127,11 @@ def segment(
             f"{','.join(unknown) or 'nothing'}: expected a comma-separated subset of " + ",".join(SAVE_KINDS),
             param_hint="--save",
         )
-    if {"cutout", "binary"} & set(kinds) and not kept:
-        raise typer.BadParameter("cutout and binary need --keep CLASS, e.g. --keep pet", param_hint="--keep")
+    if set(KEEP_KINDS) & set(kinds) and not kept:
+        raise typer.BadParameter(
+            f"{', '.join(k for k in KEEP_KINDS if k in kinds)} need --keep CLASS, e.g. --keep pet",
+            param_hint="--keep",
+        )
     if not 0.0 <= alpha <= 1.0:
         raise typer.BadParameter(f"{alpha}: expected a number from 0 to 1, e.g. 0.5", param_hint="--alpha")
     if overlap is not None and not 0.0 <= overlap < 1.0:

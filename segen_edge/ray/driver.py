@@ -22,7 +22,7 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..jobs import MAX_BATCH, ImageResult, SaveOptions, run_record_for
 from ..loading import Source as ModelSource
 from ..plan import OutputPlan, Planned
-from ..segment import RunSettings, Segmenter
+from ..segment import PROB_KINDS, RunSettings, Segmenter
 from .actors import _NO_JOB, ModelShipment, SegmentActor, _ActorJob, open_segmenter, segment_rows
 from .listing import (
     BLOCK_ROWS,
@@ -113,7 +113,7 @@ def prepare(
     if plan.kinds != options.kinds:
         raise BadInputError(f"plan made for --save {','.join(plan.kinds)}, not {','.join(options.kinds)}")
     run = settings.resolved(segmenter.info) if settings else segmenter.settings()
-    if "prob" in options.kinds and not run.probabilities:
+    if PROB_KINDS & set(options.kinds) and not run.probabilities:
         run = dataclasses.replace(run, probabilities=True)
     record = run_record_for(segmenter, run, options)
     plan.resolve(record, overwrite)
