@@ -8,6 +8,7 @@ is a protobuf ModelProto: we walk its top-level fields and decode only field 14
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -74,7 +75,22 @@ def parse_metadata(data: bytes) -> dict[str, str]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """metadata_props of the ONNX file at `path`, or a ModelError naming the file."""
+    """metadata_props of the ONNX file at `path`, or a ModelError naming the file. Read once
+    per version of the file (its inode, size and mtime): choosing a model's file and engine asks
+    the same files several times, and each read is the whole file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _read_metadata(str(path))  # read_model_bytes names what is wrong
+    return dict(_cached_metadata(str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_metadata(path: str, inode: int, size: int, mtime_ns: int) -> tuple[tuple[str, str], ...]:
+    return tuple(_read_metadata(path).items())
+
+
+def _read_metadata(path: str) -> dict[str, str]:
     data = read_model_bytes(path)
     try:
         return parse_metadata(data)
