@@ -183,12 +183,29 @@ def test_cli_tune_marks_one_choice_per_batch(tmp_path: Path) -> None:
         assert len(chosen) == 1 and chosen[0]["p50_ms"] == min(r["p50_ms"] for r in at)
 
 
+def _with_int8_beside(folder: Path, task: str, weight: np.ndarray | None = None) -> zoo.ModelRef:
+    """A tiny model of `task` as a user of another quantizer has it: `m-fp32.onnx` with an
+    `m-int8.onnx` beside it that no card has checked; `weight`, when given, replaces the
+    int8 file's weights (a broken quantization)."""
+    import onnx
+    from onnx import numpy_helper
+
+    make, info = (make_generator, generator_info) if task == "generate" else (make_segmenter, segmenter_info)
+    folder.mkdir()
+    make(folder / "m-fp32.onnx", info())
+    int8 = make(folder / "m-int8.onnx", info(precision="int8"))
+    if weight is not None:
+        proto = onnx.load(str(int8))
+        tensor = next(t for t in proto.graph.initializer if t.name == "w")
+        tensor.CopyFrom(numpy_helper.from_array(weight, "w"))
+        onnx.save(proto, str(int8))
+    return zoo.resolve(str(folder / "m-fp32.onnx"), task)
+
+
 def test_tune_checks_a_segmenters_unchecked_int8_on_the_users_images(tmp_path: Path) -> None:
     """An int8 file beside the user's fp32 segmenter (another tool's, no card) is timed only
     once `tune --data` has checked it on their images: where it agrees with fp32, not where
     it swaps the classes."""
-    import onnx
-    from onnx import numpy_helper
     from PIL import Image
 
     photos = tmp_path / "photos"
@@ -197,17 +214,9 @@ def test_tune_checks_a_segmenters_unchecked_int8_on_the_users_images(tmp_path: P
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
     timed = {}
+    swapped = np.roll(np.eye(3, dtype=np.float32), 1, axis=1)  # every pixel gets another class
     for name, broken in (("good", False), ("bad", True)):
-        folder = tmp_path / name
-        folder.mkdir()
-        make_segmenter(folder / "s-fp32.onnx", segmenter_info())
-        int8 = make_segmenter(folder / "s-int8.onnx", segmenter_info(precision="int8"))
-        if broken:  # the class columns rotated: every pixel gets another class
-            proto = onnx.load(str(int8))
-            weight = next(t for t in proto.graph.initializer if t.name == "w")
-            weight.CopyFrom(numpy_helper.from_array(np.roll(np.eye(3, dtype=np.float32), 1, axis=1), "w"))
-            onnx.save(proto, str(int8))
-        ref = zoo.resolve(str(folder / "s-fp32.onnx"), "segment")
+        ref = _with_int8_beside(tmp_path / name, "segment", swapped if broken else None)
         without, _ = tuning.tune(ref, ["cpu"], batches=(1,), runs=3)
         assert {(t.provider, t.file) for t in without} == {("cpu", "fp32")}  # nothing checked it
         timings, record = tuning.tune(ref, ["cpu"], batches=(1,), runs=3, images=photos)
@@ -227,12 +236,9 @@ def test_tune_data_must_be_a_folder_of_images(seg_model: Path, tmp_path: Path) -
     result = CliRunner().invoke(app, ["tune", "-m", str(seg_model), "--data", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "not a folder of images" in result.output
     (tmp_path / "empty").mkdir()
-    folder = tmp_path / "fam"
-    folder.mkdir()
-    make_segmenter(folder / "s-fp32.onnx", segmenter_info())
-    make_segmenter(folder / "s-int8.onnx", segmenter_info(precision="int8"))
+    ref = _with_int8_beside(tmp_path / "fam", "segment")
     result = CliRunner().invoke(
-        app, ["tune", "-m", str(folder / "s-fp32.onnx"), "--data", str(tmp_path / "empty")]
+        app, ["tune", "-m", str(ref.files["fp32"]), "--data", str(tmp_path / "empty")]
     )
     assert result.exit_code != 0 and "no readable images" in str(result.exception or result.output)
 
@@ -240,21 +246,10 @@ def test_tune_data_must_be_a_folder_of_images(seg_model: Path, tmp_path: Path) -
 def test_tune_checks_a_generators_unchecked_int8_on_seeded_latents(tmp_path: Path) -> None:
     """A generator's sibling int8 file without a card is checked against fp32 on seeded
     latents (its very inputs) and timed only where its images match; a broken one never."""
-    import onnx
-    from onnx import numpy_helper
-
     timed = {}
     for name, broken in (("good", False), ("bad", True)):
-        folder = tmp_path / name
-        folder.mkdir()
-        make_generator(folder / "g-fp32.onnx", generator_info())
-        int8 = make_generator(folder / "g-int8.onnx", generator_info(precision="int8"))
-        if broken:  # weights zeroed: every image mid-grey
-            proto = onnx.load(str(int8))
-            weight = next(t for t in proto.graph.initializer if t.name == "w")
-            weight.CopyFrom(numpy_helper.from_array(np.zeros((4, 64), np.float32), "w"))
-            onnx.save(proto, str(int8))
-        ref = zoo.resolve(str(folder / "g-fp32.onnx"), "generate")
+        zeroed = np.zeros((4, 64), np.float32)  # every image mid-grey
+        ref = _with_int8_beside(tmp_path / name, "generate", zeroed if broken else None)
         assert _ids(tuning.candidates(ref, ["cpu"])) == {("cpu", "fp32")}  # nothing checked it
         timings, _ = tuning.tune(ref, ["cpu"], batches=(1,), runs=3)
         timed[name] = {(t.provider, t.file) for t in timings}
