@@ -130,9 +130,9 @@ class RuntimeSession:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._inputs, self._outputs = self._ports()
-        self._feed_type = (
-            np.dtype(_NUMPY.get(self._inputs[0].type, np.float32)) if self._inputs else np.float32
-        )
+        from .model import feed_type
+
+        self._feed_type = feed_type(self._inputs[0].type) if self._inputs else np.dtype(np.float32)
         self._output_index = {p.name: i for i, p in enumerate(self._outputs)}
         if len(self._inputs) != 1:
             raise ValueError(f"the model has {len(self._inputs)} inputs; segen-edge models take one")
@@ -279,8 +279,6 @@ _TYPES = {
     "u8": "tensor(uint8)",
     "i8": "tensor(int8)",
 }
-_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-          "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}  # fmt: skip
 
 
 def _port(port: Any) -> Port:
