@@ -158,7 +158,7 @@ class RuntimeSession:
         count = len(x)
         larger = self._larger_batch(tuple(x.shape))
         if larger is not None:  # a short last batch: padded, not compiled anew
-            x = np.concatenate([x, np.zeros((larger - count, *x.shape[1:]), np.float32)])
+            x = np.concatenate([x, np.zeros((larger - count, *x.shape[1:]), x.dtype)])
         request = self._request(tuple(x.shape))
         results = request.infer(x, share_inputs=True)  # the array itself: a dict costs ~20 us a call
         names = [p.name for p in self._outputs] if not output_names else list(output_names)
