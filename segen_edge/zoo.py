@@ -102,7 +102,7 @@ class ModelRef:
                 continue
             timings = row.get("latency_ms") or {}
             if row.get("within_budget") is True and timings:
-                return float(timings[min(timings, key=lambda b: abs(int(b) - batch))]), _cold(row)
+                return _at_batch(timings, batch), _cold(row)
         return None, None
 
     def recorded(self, key: str) -> Any:
@@ -144,8 +144,7 @@ class ModelRef:
             timings = row.get("latency_ms") or {}
             if path is None or not timings:
                 continue
-            nearest = min(timings, key=lambda b: abs(int(b) - batch))
-            ms = float(timings[nearest])
+            ms = _at_batch(timings, batch)
             shown = "bf16" if bf16 else file.split(".")[0]
             if best is None or ms < best[0]:
                 best = (ms, Choice(shown, path, bf16, ms, _cold(row)))
@@ -169,6 +168,11 @@ class ModelRef:
                 f"use --precision auto or one of: {have}"
             )
         return precision, self.files[precision]
+
+
+def _at_batch(timings: dict[str, Any], batch: int) -> float:
+    """A card row's latency at the measured batch size nearest `batch`."""
+    return float(timings[min(timings, key=lambda b: abs(int(b) - batch))])
 
 
 def _cold(row: dict[str, Any]) -> float | None:
