@@ -226,25 +226,25 @@ class Segmenter(Model):
     def probabilities(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 (N, h, w, C) images at a size the model takes -> float32 (N, K, h, w)."""
         raw = self.run(self.info.preprocessing.to_model(batch_u8))
-        probs = to_probabilities(
-            raw,
-            output=self.info.output,
-            layout=self._output_layout(raw),
-            num_classes=len(self.info.class_names),
-        )
-        return at_size(probs, batch_u8.shape[1:3])  # a strided output, upsampled to its input
+        return self._probabilities(raw, batch_u8.shape[1:3])
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Prepared float32 inputs at model size -> (N, H, W) class ids at model size."""
-        raw = self.run(np.ascontiguousarray(batch, dtype=np.float32))
+        probs = self._probabilities(
+            self.run(np.ascontiguousarray(batch, dtype=np.float32)), self.info.image_size
+        )
+        return probs.argmax(axis=1).astype(ids_dtype(probs.shape[1]))
+
+    def _probabilities(self, raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """A raw output for inputs of `size` -> float32 (N, K, *size) probabilities (a strided
+        output upsampled to its input)."""
         probs = to_probabilities(
             raw,
             output=self.info.output,
             layout=self._output_layout(raw),
             num_classes=len(self.info.class_names),
         )
-        probs = at_size(probs, self.info.image_size)
-        return probs.argmax(axis=1).astype(ids_dtype(probs.shape[1]))
+        return at_size(probs, size)
 
     def prepare(self, image_u8: np.ndarray) -> np.ndarray:
         """uint8 (h, w, c) image -> the model's float32 input at its size, in its layout."""
