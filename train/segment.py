@@ -160,9 +160,7 @@ def check_options(args: argparse.Namespace) -> Path | None:
         raise BadInputError(f"--crop {args.crop[0]} {args.crop[1]}: expected two sizes >= 1")
     if _encoder(args) == "none":
         if str(args.encoder_weights).lower() not in ("none", "imagenet"):
-            raise BadInputError(
-                "--encoder-weights needs an --encoder (mobilenetv2, efficientnetb0 or resnet50)"
-            )
+            raise BadInputError(f"--encoder-weights needs an --encoder ({', '.join(ENCODERS)})")
         return None
     check_encoder(_encoder(args))
     if args.arch != "unet":

