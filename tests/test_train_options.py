@@ -383,6 +383,11 @@ def test_bad_options_are_one_line_errors_before_training(
         "no such file",
     )
     _refused(capsys, _run(data, run, *base, "--encoder", "vgg99"), "--encoder 'vgg99' is unknown")
+    _refused(
+        capsys,
+        _run(data, run, *base, "--encoder-weights", "w.pth"),
+        "--encoder-weights needs an --encoder (mobilenetv2, efficientnetb0, resnet50, efficientnetlite0)",
+    )
     _refused(capsys, _run(data, run, *base, "--block", "dense"), "--block 'dense' is unknown")
     _refused(capsys, _run(data, run, *base, "--crop", "64", "64"), "smaller than --crop 64 64")
     _refused(capsys, _run(data, run, *base, "--ema", "1.0"), "--ema 1.0: expected a momentum in [0, 1)")

@@ -56,6 +56,21 @@ PIXEL_OFFSET = 0.0
 TILE_OVERLAP = 0.25  # recorded for the runtime's tile mode (its default)
 
 
+DEPTHWISE_ENCODERS = ("mobilenetv2", "efficientnetb0", "efficientnetlite0")
+
+
+def _weights_record(args: argparse.Namespace, weights_file: Path | None) -> str | None:
+    """The card's encoder_weights: "imagenet (its file's name)" (a cached or packaged file,
+    whose path is this machine's), a user's file as a path, or "none"."""
+    if _encoder(args) == "none":
+        return None
+    if weights_file is None:
+        return "none"
+    if str(args.encoder_weights).lower() == "imagenet":
+        return f"imagenet ({weights_file.name})"
+    return str(weights_file.resolve())
+
+
 def _encoder(args: argparse.Namespace) -> str:
     return str(getattr(args, "encoder", "none") or "none").lower()
 
@@ -368,6 +383,12 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         model = build_segmenter(args, num_classes, channels, weights_file)
+        if args.jit and _encoder(args) in DEPTHWISE_ENCODERS:
+            print(
+                f"note: --jit with --encoder {_encoder(args)}: XLA runs depthwise convolutions' "
+                "gradients slowly on CPUs (a Lite0 step 3.7x slower here); drop --jit to train faster",
+                flush=True,
+            )
         if args.init_from:
             init_weights(model, Path(args.init_from))
         model.compile(
@@ -436,11 +457,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "base_filters": args.base_filters,
             "block": args.block,
             "encoder": None if _encoder(args) == "none" else _encoder(args),
-            "encoder_weights": (
-                str(weights_file.resolve())
-                if weights_file
-                else (None if _encoder(args) == "none" else "none")
-            ),
+            "encoder_weights": _weights_record(args, weights_file),
             "init_from": args.init_from,  # as given: cards stay portable
             "ema": args.ema or None,
             "loss": args.loss,
