@@ -31,7 +31,9 @@ def test_every_bundled_model_is_there_and_the_wheel_stays_small() -> None:
     for name, (_, precisions) in EXPECTED.items():
         assert precisions <= set(BUNDLED[name].precisions), name
     total = sum(p.stat().st_size for ref in BUNDLED.values() for p in ref.files.values())
-    assert total < 30e6
+    # 46 MB today, 27 of them unet-pets' fp32 file (6.8M parameters over Lite0): under PyPI's
+    # 100 MB per file with room for one more model
+    assert total < 50e6
     assert zoo.DEFAULT_MODELS == {"segment": "unet-pets", "generate": "dcgan-fashion"}
 
 
