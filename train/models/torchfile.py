@@ -94,7 +94,7 @@ def _read_zip(path: Path) -> dict[str, np.ndarray]:
         with archive.open(pickled) as file:
             unpickler = _Unpickler(file)
             state = unpickler.load()
-        storages = {
+        storages: dict[str, np.ndarray] = {
             key: np.frombuffer(archive.read(f"{root}data/{key}"), _STORAGE_TYPES[kind])
             for key, kind in unpickler.types.items()
         }
