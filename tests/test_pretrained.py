@@ -133,6 +133,10 @@ def test_a_pickle_of_anything_but_tensors_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a pickle")
     with pytest.raises(BadInputError, match=r"not a PyTorch state dict"):
         read_state_dict(path)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("weights/other.bin", b"")
+    with pytest.raises(BadInputError, match=r"not a PyTorch state dict .*without torch.save's data.pkl"):
+        read_state_dict(path)
 
 
 def test_the_lite0_unet_ends_at_the_input_size_and_takes_its_skips_at_each_stride() -> None:

