@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         "fastest (default: on)",
     )
     parser.add_argument(
+        "--simplify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rewrite up-convolutions whose kernel equals their stride as Conv 1x1 + "
+        "DepthToSpace (int8 kernels on the CPU EP; tf2onnx's Slice/Pad after each dropped), "
+        "kept only where the rewritten graph matches the converted one (default: on)",
+    )
+    parser.add_argument(
         "--name", default=None, help="file name prefix, <name>-<precision>.onnx (default: the run's name)"
     )
     parser.add_argument(
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             max_drop=args.max_drop,
             reduce_range=args.reduce_range,
             speed_search=args.speed_search,
+            simplify=args.simplify,
             name=args.name,
             layout=args.layout,
             overwrite=args.overwrite,

@@ -32,7 +32,7 @@ from .calibrate import (
     latent_samples,
     load_calibration,
 )
-from .convert import TOLERANCE, accepts_other_sizes, convert, load_keras, verify
+from .convert import TOLERANCE, accepts_other_sizes, convert, load_keras, probe_size, verify
 from .errors import ExportError
 from .evaluate import HeldOut, generator_metrics, load_held_out, segment_metrics
 from .measure import BF16, bf16_here, latency, predictions, providers_here, raw_outputs, runtime_model
@@ -46,6 +46,7 @@ from .quantize import (
     to_fp16,
 )
 from .run import load_run
+from .simplify import simplify
 
 SENSITIVITY_SAMPLES = 16
 CALIBRATION_SEED = 0
@@ -64,6 +65,7 @@ class ExportOptions:
     max_drop: float = 0.01
     reduce_range: bool | None = None  # 7-bit weights; None: where the CPU has no VNNI
     speed_search: bool = True  # leave high-resolution layers in float where int8 is slower
+    simplify: bool = True  # kernel == stride up-convolutions as Conv 1x1 + DepthToSpace
     name: str | None = None
     layout: str = "NCHW"
     overwrite: bool = False
@@ -101,6 +103,7 @@ class ExportReport:
     dynamic_size: bool
     verify_max_diff: float
     held_out: str
+    graph: str = ""  # what the graph rewrites did
     rows: list[Row] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
     excluded_nodes: list[str] = field(default_factory=list)  # in float for accuracy
@@ -122,6 +125,7 @@ class ExportReport:
             "layout": self.layout,
             "dynamic_size": self.dynamic_size,
             "verified_max_abs_diff": self.verify_max_diff,
+            "graph": self.graph,
             "held_out": self.held_out,
             "precisions": {
                 r.precision: {k: v for k, v in r.to_json().items() if k not in ("precision", "file")}
@@ -179,6 +183,8 @@ class ExportReport:
             f"{'dynamic' if self.dynamic_size else 'fixed'} size; ONNX vs Keras max |diff| "
             f"{self.verify_max_diff:.2g}; evaluated on {self.held_out}"
         ]
+        if self.graph:
+            text.append(f"graph: {self.graph}")
         text += ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
         if self.calibration:
             cal = self.calibration
@@ -289,6 +295,10 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
     if segment and not dynamic:
         progress("the network does not accept other sizes: exporting at its fixed image size")
         proto = convert(keras_model, info, options.layout, dynamic_size=False)
+    graph_note = "as converted"
+    if options.simplify:
+        proto, graph_note = simplify(proto, _same_as(proto, held.inputs[:4], info, dynamic))
+        progress(f"graph: {graph_note}")
     diff = verify(keras_model, proto, held.inputs[:8], info, options.tolerance)
     progress(f"fp32 ONNX matches Keras: max |diff| {diff:.2g} on {min(8, len(held.inputs))} inputs")
     del keras_model
@@ -300,6 +310,7 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
         dynamic,
         diff,
         held.note,
+        graph=graph_note,
         calibration=calibration,
         command=options.command,
     )
@@ -392,6 +403,30 @@ def export_run(options: ExportOptions, progress: Callable[[str], None] = lambda 
     os.chmod(report_path, 0o644)
     report.report_path = report_path
     return report
+
+
+def _same_as(reference: Any, inputs: np.ndarray, info: ModelInfo, dynamic: bool) -> Callable[[Any], bool]:
+    """A check that a rewritten graph computes what `reference` does: on `inputs` at the
+    model's size and, for a size-agnostic graph, on a random image of another size."""
+    cases = [(info, inputs)]
+    if dynamic:
+        height, width = probe_size(info)
+        noise = np.random.default_rng(0).integers(0, 256, (1, height, width, info.channels), dtype=np.uint8)
+        cases.append((info.replace(image_size=(height, width)), noise))
+
+    def same(candidate: Any) -> bool:
+        for case_info, batch in cases:
+            want = raw_outputs(runtime_model(reference, case_info), batch)
+            got = raw_outputs(runtime_model(candidate, case_info), batch)
+            scale = max(1.0, float(np.abs(want).max()))
+            if got.shape != want.shape or not np.abs(got - want).max() <= SIMPLIFY_TOLERANCE * scale:
+                return False
+        return True
+
+    return same
+
+
+SIMPLIFY_TOLERANCE = 1e-5  # float32 reassociation, relative to the output's scale
 
 
 def _variants(provider: str, models: dict[str, Any]) -> dict[str, tuple[str, bool]]:

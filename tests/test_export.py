@@ -126,8 +126,14 @@ def test_writes_every_precision_and_a_report(seg_export: Path) -> None:
     assert report["calibration"]["count"] == 8  # 12 images, the 4 held out never calibrate
     timed = report["speed_search_ms"]  # fp32, all-int8, and int8 with the 32x32 level in float
     assert {"fp32", "int8", "int8, top 1 level(s) in float"} <= set(timed)
-    assert len(report["float_for_speed"]) in (0, 4)  # nothing, or the four 32x32 nodes
+    assert len(report["float_for_speed"]) in (0, 3)  # nothing, or the three 32x32 convs
     assert report["verified_max_abs_diff"] <= 1e-4
+    # the up-convolution runs as Conv 1x1 + DepthToSpace (int8 kernels on the CPU EP), and
+    # tf2onnx's Slice/Pad after it is gone
+    assert report["graph"] == "1 up-convolutions as Conv 1x1 + DepthToSpace, 1 Slice/Pad tails dropped"
+    for precision in rows:
+        ops = {n.op_type for n in onnx.load(str(seg_export / f"tiny-unet-{precision}.onnx")).graph.node}
+        assert "DepthToSpace" in ops and not ops & {"ConvTranspose", "Slice", "Pad"}
     sizes = {p: (seg_export / f"tiny-unet-{p}.onnx").stat().st_size for p in rows}
     assert sizes["fp16"] < sizes["fp32"]
     assert all(rows[p]["size_bytes"] == sizes[p] for p in rows)  # the card's sizes are true
@@ -213,6 +219,7 @@ def test_sensitivity_keeps_layers_in_float_until_within_budget(seg_run: Path, tm
             "--name",
             "t",
             "--no-speed-search",
+            "--no-simplify",
         ]
     )
     assert code == 3  # written, but over budget: a script notices
@@ -224,6 +231,8 @@ def test_sensitivity_keeps_layers_in_float_until_within_budget(seg_run: Path, tm
     float_nodes = [n for n in graph.node if n.name in report["excluded_nodes"]]
     float_convs = [n for n in float_nodes if n.op_type in ("Conv", "ConvTranspose")]
     assert len(float_convs) == 5  # every conv, then the arithmetic (here: the Concat)
+    assert report["graph"] == "as converted"  # --no-simplify: the ConvTranspose is still there
+    assert [n.op_type for n in float_convs].count("ConvTranspose") == 1
     assert len(report["excluded_layers"]) == len(report["excluded_nodes"])
     float_weights = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     assert all(n.input[1] in float_weights for n in float_convs)  # weights not quantized
