@@ -96,10 +96,9 @@ def batch_threads(threads: int | None, runs: int | None = None) -> int:
 
 
 def lanes_for(provider: str, threads: int | None) -> int:
-    """Runs in flight at once: cores / threads per run on the CPU provider and OpenVINO's
-    runtime (one stream per lane); two elsewhere (the device runs one batch while the host
-    decodes and writes the other; CUDA and the OpenVINO EP spread one run over their own
-    resources)."""
-    if provider not in ("cpu", "openvino-runtime"):
+    """Runs in flight at once: cores / threads per run on the CPU provider and on OpenVINO
+    (its EP and its runtime: one inference stream per lane); two on CUDA (the device runs
+    one batch while the host decodes and writes the other)."""
+    if provider not in ("cpu", "openvino", "openvino-runtime"):
         return 2
     return max(1, cpu_count() // batch_threads(threads))

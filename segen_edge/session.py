@@ -124,8 +124,15 @@ def _cpu_session(source: Path | bytes, threads: int | None) -> tuple[Any, Path |
 def _openvino_session(
     source: Path | bytes, threads: int | None, streams: int | None, bf16: bool
 ) -> tuple[Any, dict[str, str]]:
+    from .pipeline import cpu_count
+
     rt = ort()
     model = source if isinstance(source, bytes) else str(source)
+    if streams is None and threads is not None:
+        # one OpenVINO stream per lane (lanes_for), the threads shared among the streams: the
+        # batch job's runs in flight then run side by side instead of queueing on one stream
+        streams = max(1, cpu_count() // threads)
+        threads = threads * streams
     if openvino_builtin():
         if "CPU" not in _builtin_devices():
             raise RuntimeError(f"OpenVINO lists no CPU (it lists {', '.join(_builtin_devices())})")

@@ -45,6 +45,18 @@ def test_options_per_job_and_compiled_model_cache(seg_model: Path, tmp_path: Pat
     assert cache.parent == tmp_path / "cache" and any(cache.iterdir())  # compiled blobs
 
 
+def test_a_batch_job_gets_one_stream_per_lane(seg_model: Path) -> None:
+    """Lanes of one-thread runs (what segment's batch job opens): as many OpenVINO streams
+    as lanes, the threads shared among them, so the runs in flight do not queue on one."""
+    from segen_edge.pipeline import cpu_count, lanes_for
+
+    loaded = create_session(seg_model, "openvino", threads=1)
+    options = loaded.provider_options
+    lanes = lanes_for("openvino", 1)
+    assert (options["num_streams"], options["num_of_threads"]) == (str(lanes), str(lanes))
+    assert lanes == cpu_count()
+
+
 def test_bf16_only_where_the_cpu_has_it(seg_model: Path) -> None:
     if has_bf16():
         loaded = create_session(seg_model, "openvino", bf16=True)

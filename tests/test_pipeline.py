@@ -36,11 +36,12 @@ def test_ordered_map_keeps_order_and_bounds_work_in_flight() -> None:
     assert peak <= 3
 
 
-def test_lanes_only_on_the_cpu_provider() -> None:
-    assert lanes_for("cpu", None) == cpu_count()
-    assert lanes_for("cpu", cpu_count()) == 1
-    assert lanes_for("cpu", 10_000) == 1
-    assert lanes_for("cuda", None) == lanes_for("openvino", None) == 2
+def test_lanes_split_the_cores_on_the_cpu_engines() -> None:
+    for engine in ("cpu", "openvino", "openvino-runtime"):
+        assert lanes_for(engine, None) == cpu_count()
+        assert lanes_for(engine, cpu_count()) == 1
+        assert lanes_for(engine, 10_000) == 1
+    assert lanes_for("cuda", None) == 2
 
 
 def test_a_job_of_fewer_runs_than_cores_shares_the_cores(monkeypatch) -> None:
