@@ -24,7 +24,7 @@ def _graph(nodes: list, initializers: list, output: str = "y", **kwargs) -> onnx
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None] * 4)],
         initializer=initializers,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], **kwargs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8, **kwargs)
 
 
 def _upconv(kernel: int = 2, stride: int = 2, bias: bool = True, out: str = "y", **attrs) -> onnx.ModelProto:  # type: ignore[name-defined]
