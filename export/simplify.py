@@ -93,6 +93,8 @@ def simplify(model: onnx.ModelProto, same: Callable[[onnx.ModelProto], bool]) ->
         if same(rewrite.model):
             dropped = f", {rewrite.tails} Slice/Pad tails dropped" if rewrite.tails else ""
             return rewrite.model, f"{rewrite.upconvs} up-convolutions as Conv 1x1 + DepthToSpace{dropped}"
+        if not rewrite.tails:
+            break  # without tails to keep, the second try would be this very graph
     return model, "up-convolutions kept: the rewritten graph did not match"
 
 

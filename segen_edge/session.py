@@ -121,21 +121,28 @@ def _cpu_session(source: Path | bytes, threads: int | None) -> tuple[Any, Path |
     return session, None
 
 
+def _lane_streams(threads: int) -> int:
+    """OpenVINO inference streams for sessions of `threads` per run: one per lane, as many
+    as pipeline.lanes_for runs side by side."""
+    from .pipeline import cpu_count
+
+    return max(1, cpu_count() // threads)
+
+
 def _openvino_session(
     source: Path | bytes, threads: int | None, streams: int | None, bf16: bool
 ) -> tuple[Any, dict[str, str]]:
-    from .pipeline import cpu_count
-
     rt = ort()
     model = source if isinstance(source, bytes) else str(source)
-    if streams is None and threads is not None:
-        # one OpenVINO stream per lane (lanes_for), the threads shared among the streams: the
-        # batch job's runs in flight then run side by side instead of queueing on one stream
-        streams = max(1, cpu_count() // threads)
-        threads = threads * streams
     if openvino_builtin():
         if "CPU" not in _builtin_devices():
             raise RuntimeError(f"OpenVINO lists no CPU (it lists {', '.join(_builtin_devices())})")
+        if streams is None and threads is not None:
+            # the EP's thread count is the compiled model's, shared by its streams: each of
+            # the batch job's runs in flight gets a stream and its threads, instead of all
+            # of them queueing on one stream
+            streams = _lane_streams(threads)
+            threads *= streams
         cache = None if isinstance(source, bytes) else openvino_cache(source)
         options = openvino_options(threads, streams, bf16, cache)
         session = rt.InferenceSession(
@@ -156,10 +163,9 @@ def _openvino_runtime_session(
     source: Path | bytes, threads: int | None, streams: int | None, bf16: bool
 ) -> tuple[Any, dict[str, str]]:
     from .openvino_runtime import RuntimeSession
-    from .pipeline import cpu_count
 
     if streams is None and threads is not None:
-        streams = max(1, cpu_count() // threads)  # as many side-by-side runs as lanes_for makes
+        streams = _lane_streams(threads)
     cache = None if isinstance(source, bytes) else openvino_cache(source)
     session = RuntimeSession(source, threads, streams, bf16, cache)
     return session, {k: str(v) for k, v in session.options.items()}

@@ -83,7 +83,7 @@ def test_other_transposed_convs_are_left_alone(attrs: dict) -> None:
 def _with_tail(crop: int) -> onnx.ModelProto:  # type: ignore[name-defined]
     """ConvTranspose -> Slice -> Pad -> Relu, what tf2onnx makes of Conv2DTranspose; the
     Slice keeps `crop` fewer rows than the upconv makes (0: a no-op pair), and a Shape of
-    the upconv feeds nothing but the Pad's amounts."""
+    the upconv, where tf2onnx's shape arithmetic starts, is left for the pruning to drop."""
     base = _upconv(out="up")
     big = np.iinfo(np.int64).max
     inits = [
