@@ -48,6 +48,12 @@ def _segmenter(sub: argparse._SubParsersAction, arch: str) -> None:
     )
     parser.add_argument("--val-count", type=int, help="hold out exactly N pairs")
     parser.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of the random validation split (default: --seed), so runs of other seeds "
+        "can hold out the same images",
+    )
+    parser.add_argument(
         "--jit",
         action=argparse.BooleanOptionalAction,
         default=False,

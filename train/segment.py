@@ -218,6 +218,11 @@ def _ignore(args: argparse.Namespace) -> tuple[int, ...]:
     return tuple(dict.fromkeys(int(v) for v in values))
 
 
+def split_seed(args: argparse.Namespace) -> int:
+    """The random split's seed: --split-seed, else --seed."""
+    return args.seed if getattr(args, "split_seed", None) is None else int(args.split_seed)
+
+
 def split_data(args: argparse.Namespace, pairs: list[Pair]) -> tuple[list[Pair], list[Pair], list[Pair], str]:
     """(train, val, test, how): the data set's own lists or folder when given, else the
     seeded random split. Test pairs are kept out of training and validation."""
@@ -242,7 +247,7 @@ def split_data(args: argparse.Namespace, pairs: list[Pair]) -> tuple[list[Pair],
         if not train:
             raise BadInputError(f"--val-list {args.val_list} names every pair; leave some for training")
         return train, val, test, "val-list"
-    train, val = split_pairs(pairs, args.seed, args.val_fraction, args.val_count)
+    train, val = split_pairs(pairs, split_seed(args), args.val_fraction, args.val_count)
     return train, val, test, "random"
 
 
@@ -440,6 +445,7 @@ def train_segmenter(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "valid_masks": str(Path(args.valid_masks).resolve()) if args.valid_masks else None,
             "seed": args.seed,
             "split": split,
+            "split_seed": split_seed(args) if split == "random" else None,
             "val_list": str(Path(args.val_list).resolve()) if args.val_list else None,
             "val_dir": str(Path(args.val_dir).resolve()) if args.val_dir else None,
             "train_count": len(train_pairs),
