@@ -49,6 +49,7 @@ from .run import load_run
 from .simplify import simplify
 
 SENSITIVITY_SAMPLES = 16
+SIMPLIFY_TOLERANCE = 1e-5  # a graph rewrite's float32 reassociation, relative to the output's scale
 CALIBRATION_SEED = 0
 LATENCY_BATCH = 8
 OV_INT8 = "int8.openvino"  # the int8 file made for OpenVINO: <name>-int8.openvino.onnx
@@ -426,9 +427,6 @@ def _same_as(reference: Any, inputs: np.ndarray, info: ModelInfo, dynamic: bool)
         return True
 
     return same
-
-
-SIMPLIFY_TOLERANCE = 1e-5  # float32 reassociation, relative to the output's scale
 
 
 def _variants(provider: str, models: dict[str, Any]) -> dict[str, tuple[str, bool]]:

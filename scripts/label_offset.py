@@ -14,18 +14,17 @@ unet-membrane's recipe (scripts/build_models.sh) has no --vflip.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-def pairs(root: Path) -> list[tuple[Path, Path]]:
-    if not (root / "image").is_dir() or not (root / "label").is_dir():
-        return []
-    images = {p.stem: p for p in sorted((root / "image").iterdir())}
-    labels = {p.stem: p for p in sorted((root / "label").iterdir())}
-    return [(images[s], labels[s]) for s in sorted(images) if s in labels]
+from segen_edge.errors import SegenError  # noqa: E402
+from segen_edge.images import load_image  # noqa: E402
+from segen_edge.masks import find_pairs, read_mask_values  # noqa: E402
 
 
 def correlation(dark: np.ndarray, label: np.ndarray, reach: int) -> np.ndarray:
@@ -48,18 +47,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("data", type=Path, help="a folder with image/ and label/")
+    parser.add_argument("data", type=Path, help="a data set folder in any layout `train --data` reads")
     parser.add_argument(
         "--class-value", type=int, default=0, help="the label value of the dark class (default 0)"
     )
     parser.add_argument("--reach", type=int, default=3, help="largest whole-pixel shift tried")
     args = parser.parse_args()
 
-    found = pairs(args.data)
-    if not found:
-        raise SystemExit(f"{args.data}: no image/label pairs with the same stem; expected image/ and label/")
-    grey = np.stack([np.asarray(Image.open(i).convert("L"), np.float32) for i, _ in found])
-    label = np.stack([np.asarray(Image.open(m).convert("L")) == args.class_value for _, m in found])
+    try:
+        found = [(p.image, p.mask) for p in find_pairs(args.data) if p.mask is not None]
+        grey = np.stack([load_image(image, 1).image_u8[..., 0].astype(np.float32) for image, _ in found])
+        label = np.stack([read_mask_values(mask)[0] == args.class_value for _, mask in found])
+    except SegenError as exc:
+        raise SystemExit(f"no image/label pairs to measure: {exc}") from None
+    except ValueError as exc:  # np.stack: pairs of different sizes
+        raise SystemExit(f"{args.data}: images or labels differ in size ({exc}); give one size") from None
     dark = grey.mean() - grey
     mask = label.astype(np.float32) - label.mean()
     table = correlation(dark, mask, args.reach)

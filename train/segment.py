@@ -220,7 +220,7 @@ def _ignore(args: argparse.Namespace) -> tuple[int, ...]:
 
 def split_seed(args: argparse.Namespace) -> int:
     """The random split's seed: --split-seed, else --seed."""
-    return args.seed if getattr(args, "split_seed", None) is None else int(args.split_seed)
+    return args.seed if args.split_seed is None else args.split_seed
 
 
 def split_data(args: argparse.Namespace, pairs: list[Pair]) -> tuple[list[Pair], list[Pair], list[Pair], str]:
